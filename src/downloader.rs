@@ -1,0 +1,1067 @@
+//! The Downloader: a cloneable handle over one actor task that owns the path-to-job map
+//! and per-job progress, fans a job's artifacts out to the [`ArtifactManager`], reports
+//! progress to the [`JobsController`] and answers OK or FAIL on the notifier channel.
+//!
+//! # How the actor is built
+//!
+//! - The actor owns all state; the handle only holds channel senders.
+//! - Slow collaborator calls never run inside the actor's message handling: a job's config
+//!   is processed by its own *planning* task (status `""`, `get_config`, pushes, creates,
+//!   `set_config`), which feeds registrations back to the actor as events.
+//! - Status calls for READY artifacts are polled once in place; a call that does not finish
+//!   at once moves, with every later call of that job, to a per-job *worker* task, so a
+//!   slow controller for one job never holds up another job. Calls of one job stay in order.
+//! - Notifications go out on an unbounded channel: a controller that reads them late never
+//!   stalls the actor.
+//! - A status change that arrives before its path is registered (a manager may report
+//!   READY before `push_artifact` returns) is parked as an *orphan* until the registration
+//!   arrives; orphans are dropped once no job is planning any more.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{debug, warn};
+
+use crate::error::{BoxError, DownloadError};
+use crate::model::{
+    ArtifactDescription, ArtifactPath, ArtifactStatus, ArtifactStatusChange, ArtifactType, Config,
+    JobId, JobStatus, Notification, TestAction,
+};
+use crate::traits::{ArtifactManager, JobsController};
+
+/// Info set when an artifact fails (Weles' string).
+pub const INFO_FAILED: &str = "Failed to download artifact";
+
+/// Default capacity of the collector channel handed to the artifact manager.
+pub const DEFAULT_COLLECTOR_CAPACITY: usize = 4096;
+
+/// Snapshot of the Downloader's state, for tests and monitoring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Jobs being tracked (in flight, not yet answered).
+    pub jobs: usize,
+    /// Paths in the path-to-job map (including paths of answered jobs whose late
+    /// status change has not arrived yet).
+    pub paths: usize,
+    /// Status changes received on the collector since the start.
+    pub status_changes: u64,
+    /// Jobs whose config is still being processed.
+    pub planning: usize,
+    /// Status changes parked because their path was not registered yet.
+    pub orphans: usize,
+}
+
+/// Progress of one job in flight.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobProgress {
+    /// Artifacts registered with the manager so far.
+    pub paths: usize,
+    /// Artifacts READY.
+    pub ready: usize,
+    /// Artifacts FAILED.
+    pub failed: usize,
+    /// Whether the config with local paths has been saved.
+    pub config_saved: bool,
+}
+
+/// Builder for a [`Downloader`] with non-default settings.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct DownloaderBuilder {
+    collector_capacity: usize,
+    command_capacity: usize,
+}
+
+impl Default for DownloaderBuilder {
+    fn default() -> Self {
+        DownloaderBuilder {
+            collector_capacity: DEFAULT_COLLECTOR_CAPACITY,
+            command_capacity: 1024,
+        }
+    }
+}
+
+impl DownloaderBuilder {
+    /// Capacity of the collector channel (status changes from the manager); default 4096.
+    pub fn collector_capacity(mut self, capacity: usize) -> Self {
+        self.collector_capacity = capacity.max(1);
+        self
+    }
+
+    /// Capacity of the command channel from handles to the actor; default 1024.
+    pub fn command_capacity(mut self, capacity: usize) -> Self {
+        self.command_capacity = capacity.max(1);
+        self
+    }
+
+    /// Spawns the actor on the current tokio runtime and returns the handle and the
+    /// receiver of notifications.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a tokio runtime.
+    pub fn build(
+        self,
+        jobs: Arc<dyn JobsController>,
+        artifacts: Arc<dyn ArtifactManager>,
+    ) -> (Downloader, mpsc::UnboundedReceiver<Notification>) {
+        let (command_tx, command_rx) = mpsc::channel(self.command_capacity);
+        let (collector_tx, collector_rx) = mpsc::channel(self.collector_capacity);
+        let (event_tx, event_rx) = mpsc::unbounded_channel();
+        let (notify_tx, notify_rx) = mpsc::unbounded_channel();
+        let actor = Actor {
+            jobs: jobs.clone(),
+            artifacts: artifacts.clone(),
+            commands: command_rx,
+            collector: collector_rx,
+            collector_tx,
+            events: event_rx,
+            event_tx,
+            notifier: notify_tx,
+            path2job: HashMap::new(),
+            info: HashMap::new(),
+            orphans: HashMap::new(),
+            planning: HashMap::new(),
+            tasks: JoinSet::new(),
+            task_owner: HashMap::new(),
+            cancel_waiters: Vec::new(),
+            next_run: 0,
+            status_changes: 0,
+            panic: None,
+        };
+        let handle = tokio::spawn(actor.run());
+        let downloader = Downloader {
+            commands: command_tx,
+            shared: Arc::new(Shared {
+                artifacts,
+                actor: std::sync::Mutex::new(Some(handle)),
+            }),
+        };
+        (downloader, notify_rx)
+    }
+}
+
+/// Handle to the Downloader actor. Cheap to clone (channel senders and an `Arc` inside);
+/// every clone talks to the same actor.
+///
+/// The actor stops when [`Downloader::shutdown`] is called or every handle is dropped:
+/// keep a handle alive while jobs are in flight.
+#[derive(Clone)]
+pub struct Downloader {
+    /// Commands to the actor; bounded, so a flood of callers waits instead of growing memory.
+    commands: mpsc::Sender<Command>,
+    /// What the clones share: the manager (for `cancel_job`) and the actor's join handle.
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The manager, called by `cancel` from the caller's task, never from the actor.
+    artifacts: Arc<dyn ArtifactManager>,
+    /// The actor task; taken by the first `shutdown`. A std mutex: held only to `take()`.
+    actor: std::sync::Mutex<Option<JoinHandle<Result<(), String>>>>,
+}
+
+impl fmt::Debug for Downloader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Downloader")
+            .field("closed", &self.commands.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Downloader {
+    /// Spawns a Downloader with default settings on the current tokio runtime; returns the
+    /// handle and the receiver of [`Notification`]s (one per job: OK or FAIL).
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a tokio runtime.
+    pub fn new(
+        jobs: Arc<dyn JobsController>,
+        artifacts: Arc<dyn ArtifactManager>,
+    ) -> (Downloader, mpsc::UnboundedReceiver<Notification>) {
+        DownloaderBuilder::default().build(jobs, artifacts)
+    }
+
+    /// A builder for non-default settings.
+    pub fn builder() -> DownloaderBuilder {
+        DownloaderBuilder::default()
+    }
+
+    /// Starts downloading the job's artifacts.
+    ///
+    /// Returns once the job's config has been processed: every artifact registered with
+    /// the manager and the config saved (or the job answered FAIL). The answer, OK or FAIL,
+    /// arrives later on the notification channel, exactly once.
+    ///
+    /// # Errors
+    ///
+    /// [`DownloadError::AlreadyInFlight`] when the job is still in flight (its first run
+    /// goes on unaffected), [`DownloadError::Closed`] when the actor has stopped.
+    pub async fn download(&self, job: JobId) -> Result<(), DownloadError> {
+        let (respond_to, response) = oneshot::channel();
+        self.send(Command::Download { job, respond_to }).await?;
+        response.await.map_err(|_| DownloadError::Closed)?
+    }
+
+    /// Cancels the job: its state is dropped, its tasks are stopped, and then the manager's
+    /// `cancel_job` is called. After `cancel` returns, no status call and no notification
+    /// is made for the job. Cancelling a job that is not in flight still calls the manager.
+    ///
+    /// # Errors
+    ///
+    /// [`DownloadError::Closed`] when the actor has stopped, [`DownloadError::Cancel`] when
+    /// the manager fails to cancel.
+    pub async fn cancel(&self, job: JobId) -> Result<(), DownloadError> {
+        let (respond_to, response) = oneshot::channel();
+        self.send(Command::Cancel { job, respond_to }).await?;
+        response.await.map_err(|_| DownloadError::Closed)?;
+        self.shared
+            .artifacts
+            .cancel_job(job)
+            .await
+            .map_err(|source| DownloadError::Cancel { job, source })
+    }
+
+    /// A snapshot of the actor's maps and counters.
+    ///
+    /// # Errors
+    ///
+    /// [`DownloadError::Closed`] when the actor has stopped.
+    pub async fn stats(&self) -> Result<Stats, DownloadError> {
+        let (respond_to, response) = oneshot::channel();
+        self.send(Command::Stats { respond_to }).await?;
+        response.await.map_err(|_| DownloadError::Closed)
+    }
+
+    /// Progress of a job in flight; `None` when the job is not tracked.
+    ///
+    /// # Errors
+    ///
+    /// [`DownloadError::Closed`] when the actor has stopped.
+    pub async fn progress(&self, job: JobId) -> Result<Option<JobProgress>, DownloadError> {
+        let (respond_to, response) = oneshot::channel();
+        self.send(Command::Progress { job, respond_to }).await?;
+        response.await.map_err(|_| DownloadError::Closed)
+    }
+
+    /// Stops the actor: in-flight jobs are abandoned (no answer), their tasks stopped, and
+    /// the collaborators released. Waits for all of it.
+    ///
+    /// # Errors
+    ///
+    /// [`DownloadError::Panicked`] when a task of the Downloader panicked at any time (for
+    /// example a mock collaborator whose expectations were not met).
+    pub async fn shutdown(self) -> Result<(), DownloadError> {
+        let (respond_to, response) = oneshot::channel();
+        if self.send(Command::Shutdown { respond_to }).await.is_ok() {
+            let _ = response.await;
+        }
+        let handle = self
+            .shared
+            .actor
+            .lock()
+            .map(|mut guard| guard.take())
+            .unwrap_or(None);
+        match handle {
+            None => Ok(()),
+            Some(handle) => match handle.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(message)) => Err(DownloadError::Panicked { message }),
+                Err(err) if err.is_panic() => Err(DownloadError::Panicked {
+                    message: panic_message(err.into_panic()),
+                }),
+                Err(_) => Ok(()),
+            },
+        }
+    }
+
+    async fn send(&self, command: Command) -> Result<(), DownloadError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| DownloadError::Closed)
+    }
+}
+
+/// Requests from handles to the actor.
+enum Command {
+    Download {
+        job: JobId,
+        respond_to: oneshot::Sender<Result<(), DownloadError>>,
+    },
+    Cancel {
+        job: JobId,
+        respond_to: oneshot::Sender<()>,
+    },
+    Stats {
+        respond_to: oneshot::Sender<Stats>,
+    },
+    Progress {
+        job: JobId,
+        respond_to: oneshot::Sender<Option<JobProgress>>,
+    },
+    Shutdown {
+        respond_to: oneshot::Sender<()>,
+    },
+}
+
+/// Reports from the actor's own tasks (planning tasks and workers).
+enum Event {
+    /// The manager returned a path for one of the job's pushes.
+    Registered {
+        job: JobId,
+        run: u64,
+        path: ArtifactPath,
+        alias: Box<str>,
+    },
+    /// The planning task ended.
+    PlanEnded {
+        job: JobId,
+        run: u64,
+        result: PlanResult,
+    },
+    /// A worker's status call failed; the worker has stopped.
+    StatusFailed { job: JobId, run: u64, msg: String },
+    /// A worker reached the job's answer after all earlier status calls succeeded.
+    Finished {
+        job: JobId,
+        run: u64,
+        outcome: Outcome,
+    },
+}
+
+/// How a planning task ended.
+enum PlanResult {
+    /// Config saved with every path.
+    Saved,
+    /// A collaborator call failed; the message says which and why.
+    Failed(String),
+    /// The job was answered or cancelled meanwhile; the task stopped early.
+    Stopped,
+}
+
+/// The answer for a job.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Ok,
+    Fail(String),
+}
+
+/// Commands for a job's worker.
+enum WorkerCmd {
+    Status(String),
+    Finish(Outcome),
+}
+
+/// Which kind of task a `JoinSet` entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TaskKind {
+    Planning,
+    Worker,
+}
+
+/// One entry of the path-to-job map.
+struct PathEntry {
+    job: JobId,
+    /// The run of the job that registered the path: a late change for an earlier run of a
+    /// job id that was downloaded again never counts towards the new run.
+    run: u64,
+    /// Alias, to name the artifact in a FAIL message.
+    alias: Box<str>,
+}
+
+/// Per-job progress (the twin of Weles' `jobArtifactsInfo`).
+struct JobInfo {
+    run: u64,
+    paths: usize,
+    ready: usize,
+    failed: usize,
+    config_saved: bool,
+    /// The answer is decided (OK or FAIL queued); nothing more is reported for the job.
+    finishing: bool,
+    /// Tells the planning task to stop before its next collaborator call.
+    stop: Arc<AtomicBool>,
+    /// The job's worker, once a status call has not completed at once.
+    worker: Option<Worker>,
+}
+
+struct Worker {
+    tx: mpsc::UnboundedSender<WorkerCmd>,
+    id: tokio::task::Id,
+    abort: tokio::task::AbortHandle,
+}
+
+/// A planning task in progress.
+struct Planning {
+    job: JobId,
+    id: tokio::task::Id,
+    abort: tokio::task::AbortHandle,
+    respond_to: Option<oneshot::Sender<Result<(), DownloadError>>>,
+}
+
+type StatusFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+
+struct Actor {
+    jobs: Arc<dyn JobsController>,
+    artifacts: Arc<dyn ArtifactManager>,
+    commands: mpsc::Receiver<Command>,
+    collector: mpsc::Receiver<ArtifactStatusChange>,
+    /// Handed (cloned) to the manager with every push.
+    collector_tx: mpsc::Sender<ArtifactStatusChange>,
+    events: mpsc::UnboundedReceiver<Event>,
+    event_tx: mpsc::UnboundedSender<Event>,
+    notifier: mpsc::UnboundedSender<Notification>,
+    /// Which job (and run) each registered path belongs to.
+    path2job: HashMap<ArtifactPath, PathEntry>,
+    /// Progress of every job in flight.
+    info: HashMap<JobId, JobInfo>,
+    /// Terminal changes whose path is not registered yet, by path.
+    orphans: HashMap<ArtifactPath, ArtifactStatusChange>,
+    /// Planning tasks in progress, by run.
+    planning: HashMap<u64, Planning>,
+    /// Every task the actor spawned; reaped in the main loop to notice panics.
+    tasks: JoinSet<()>,
+    /// Job, run and kind of every task in `tasks`.
+    task_owner: HashMap<tokio::task::Id, (JobId, u64, TaskKind)>,
+    /// `cancel` callers waiting for the job's tasks to be gone.
+    cancel_waiters: Vec<(HashSet<tokio::task::Id>, oneshot::Sender<()>)>,
+    next_run: u64,
+    status_changes: u64,
+    /// The first panic of any task, reported by `shutdown`.
+    panic: Option<String>,
+}
+
+impl Actor {
+    async fn run(mut self) -> Result<(), String> {
+        let mut batch = Vec::with_capacity(256);
+        loop {
+            tokio::select! {
+                biased;
+                Some(event) = self.events.recv() => self.handle_event(event),
+                n = self.collector.recv_many(&mut batch, 256) => {
+                    // The actor holds a sender, so the collector never closes.
+                    debug_assert!(n > 0);
+                    for change in batch.drain(..) {
+                        self.handle_change(change);
+                    }
+                }
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    self.handle_joined(joined);
+                }
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { respond_to }) => {
+                        self.stop().await;
+                        let _ = respond_to.send(());
+                        break;
+                    }
+                    Some(command) => self.handle_command(command),
+                    None => {
+                        self.stop().await;
+                        break;
+                    }
+                },
+            }
+        }
+        let panic = self.panic.take();
+        // Release the collaborators here, inside the actor's task, so that a mock's
+        // drop-time verification panics where `shutdown` sees it.
+        drop(self);
+        match panic {
+            Some(message) => Err(message),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops every task and waits for them, recording panics.
+    async fn stop(&mut self) {
+        for info in self.info.values() {
+            info.stop.store(true, Ordering::Release);
+        }
+        self.tasks.abort_all();
+        while let Some(joined) = self.tasks.join_next_with_id().await {
+            if let Err(err) = joined
+                && err.is_panic()
+            {
+                self.record_panic(panic_message(err.into_panic()));
+            }
+        }
+        self.info.clear();
+        self.path2job.clear();
+        self.orphans.clear();
+        for (_, planning) in self.planning.drain() {
+            if let Some(respond_to) = planning.respond_to {
+                let _ = respond_to.send(Err(DownloadError::Closed));
+            }
+        }
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Download { job, respond_to } => self.start(job, respond_to),
+            Command::Cancel { job, respond_to } => self.cancel(job, respond_to),
+            Command::Stats { respond_to } => {
+                let _ = respond_to.send(Stats {
+                    jobs: self.info.len(),
+                    paths: self.path2job.len(),
+                    status_changes: self.status_changes,
+                    planning: self.planning.len(),
+                    orphans: self.orphans.len(),
+                });
+            }
+            Command::Progress { job, respond_to } => {
+                let _ = respond_to.send(self.info.get(&job).map(|i| JobProgress {
+                    paths: i.paths,
+                    ready: i.ready,
+                    failed: i.failed,
+                    config_saved: i.config_saved,
+                }));
+            }
+            Command::Shutdown { .. } => unreachable!("handled in the main loop"),
+        }
+    }
+
+    /// `download(job)`: registers the job and spawns its planning task.
+    fn start(&mut self, job: JobId, respond_to: oneshot::Sender<Result<(), DownloadError>>) {
+        if self.info.contains_key(&job) || self.planning.values().any(|p| p.job == job) {
+            let _ = respond_to.send(Err(DownloadError::AlreadyInFlight { job }));
+            return;
+        }
+        let run = self.next_run;
+        self.next_run += 1;
+        let stop = Arc::new(AtomicBool::new(false));
+        self.info.insert(
+            job,
+            JobInfo {
+                run,
+                paths: 0,
+                ready: 0,
+                failed: 0,
+                config_saved: false,
+                finishing: false,
+                stop: stop.clone(),
+                worker: None,
+            },
+        );
+        let plan = Plan {
+            job,
+            run,
+            jobs: self.jobs.clone(),
+            artifacts: self.artifacts.clone(),
+            collector: self.collector_tx.clone(),
+            events: self.event_tx.clone(),
+            stop,
+        };
+        let abort = self.tasks.spawn(plan.run());
+        let id = abort.id();
+        self.task_owner.insert(id, (job, run, TaskKind::Planning));
+        self.planning.insert(
+            run,
+            Planning {
+                job,
+                id,
+                abort,
+                respond_to: Some(respond_to),
+            },
+        );
+        debug!(%job, run, "download started");
+    }
+
+    /// `cancel(job)`: drops the job's state and stops its tasks; answers once they are gone.
+    fn cancel(&mut self, job: JobId, respond_to: oneshot::Sender<()>) {
+        let mut waiting = HashSet::new();
+        if let Some(info) = self.info.remove(&job) {
+            info.stop.store(true, Ordering::Release);
+            if let Some(worker) = info.worker {
+                worker.abort.abort();
+                waiting.insert(worker.id);
+            }
+        }
+        for planning in self.planning.values().filter(|p| p.job == job) {
+            planning.abort.abort();
+            waiting.insert(planning.id);
+        }
+        self.path2job.retain(|_, entry| entry.job != job);
+        debug!(%job, tasks = waiting.len(), "job cancelled");
+        if waiting.is_empty() {
+            let _ = respond_to.send(());
+        } else {
+            self.cancel_waiters.push((waiting, respond_to));
+        }
+    }
+
+    fn handle_event(&mut self, event: Event) {
+        match event {
+            Event::Registered {
+                job,
+                run,
+                path,
+                alias,
+            } => {
+                let orphan = self.orphans.remove(&path);
+                let Some(info) = self
+                    .info
+                    .get_mut(&job)
+                    .filter(|i| i.run == run && !i.finishing)
+                else {
+                    return;
+                };
+                info.paths += 1;
+                self.path2job.insert(path, PathEntry { job, run, alias });
+                if let Some(change) = orphan {
+                    self.apply_change(change);
+                }
+            }
+            Event::PlanEnded { job, run, result } => {
+                if let Some(mut planning) = self.planning.remove(&run)
+                    && let Some(respond_to) = planning.respond_to.take()
+                {
+                    let _ = respond_to.send(Ok(()));
+                }
+                self.forget_orphans_if_idle();
+                match result {
+                    PlanResult::Saved => {
+                        if let Some(info) = self.current(job, run) {
+                            info.config_saved = true;
+                            self.answer_if_ready(job);
+                        }
+                    }
+                    PlanResult::Failed(msg) => {
+                        if self.current(job, run).is_some_and(|i| !i.finishing) {
+                            self.finish(job, Outcome::Fail(msg));
+                        }
+                    }
+                    PlanResult::Stopped => {}
+                }
+            }
+            Event::StatusFailed { job, run, msg } => {
+                if self.current(job, run).is_some() {
+                    self.answer(job, Outcome::Fail(msg));
+                }
+            }
+            Event::Finished { job, run, outcome } => {
+                if self.current(job, run).is_some() {
+                    self.answer(job, outcome);
+                }
+            }
+        }
+    }
+
+    /// The job's info if it is still the given run.
+    fn current(&mut self, job: JobId, run: u64) -> Option<&mut JobInfo> {
+        self.info.get_mut(&job).filter(|i| i.run == run)
+    }
+
+    fn handle_change(&mut self, change: ArtifactStatusChange) {
+        self.status_changes += 1;
+        self.apply_change(change);
+    }
+
+    fn apply_change(&mut self, change: ArtifactStatusChange) {
+        let Some(entry) = self.path2job.get(&change.path) else {
+            // Not registered (yet): a manager may report before `push_artifact` returns.
+            if change.status.is_terminal() && !self.planning.is_empty() {
+                self.orphans.insert(change.path.clone(), change);
+            }
+            return;
+        };
+        let (job, run) = (entry.job, entry.run);
+        let live = self
+            .info
+            .get(&job)
+            .is_some_and(|i| i.run == run && !i.finishing);
+        if !live {
+            // The job was answered: any change retires the path (as Weles did).
+            self.path2job.remove(&change.path);
+            return;
+        }
+        match change.status {
+            ArtifactStatus::Pending | ArtifactStatus::Downloading => {}
+            ArtifactStatus::Ready => {
+                self.path2job.remove(&change.path);
+                let Some(info) = self.info.get_mut(&job) else {
+                    return;
+                };
+                info.ready += 1;
+                let text = format!("{} / {} artifacts ready", info.ready, info.paths);
+                self.status(job, text);
+                self.answer_if_ready(job);
+            }
+            ArtifactStatus::Failed => {
+                let alias = self
+                    .path2job
+                    .remove(&change.path)
+                    .map(|e| e.alias)
+                    .unwrap_or_default();
+                let Some(info) = self.info.get_mut(&job) else {
+                    return;
+                };
+                info.failed += 1;
+                let reason = change.reason.as_deref().unwrap_or("unknown reason");
+                let msg = format!(
+                    "failed to download artifact {alias} ({}): {reason}",
+                    change.path
+                );
+                self.status(job, INFO_FAILED.to_owned());
+                self.finish(job, Outcome::Fail(msg));
+            }
+        }
+    }
+
+    /// Sends OK when the config is saved and every registered artifact is READY.
+    fn answer_if_ready(&mut self, job: JobId) {
+        let ready = self
+            .info
+            .get(&job)
+            .is_some_and(|i| !i.finishing && i.config_saved && i.failed == 0 && i.ready == i.paths);
+        if ready {
+            self.finish(job, Outcome::Ok);
+        }
+    }
+
+    /// Makes one status call for the job, in order with its earlier calls.
+    fn status(&mut self, job: JobId, text: String) {
+        let Some(info) = self.info.get_mut(&job) else {
+            return;
+        };
+        if let Some(worker) = &info.worker {
+            let _ = worker.tx.send(WorkerCmd::Status(text));
+            return;
+        }
+        let jobs = self.jobs.clone();
+        let mut call: StatusFuture = Box::pin(async move {
+            jobs.set_status_and_info(job, JobStatus::Downloading, text)
+                .await
+        });
+        // Poll once in place: a controller that answers at once costs no task.
+        match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(err)) => {
+                let msg = status_failed(&err);
+                self.answer(job, Outcome::Fail(msg));
+            }
+            Poll::Pending => {
+                // The call goes on in a worker, and every later call of the job after it.
+                let run = info.run;
+                let (tx, rx) = mpsc::unbounded_channel();
+                let task = worker(job, run, self.jobs.clone(), call, rx, self.event_tx.clone());
+                let abort = self.tasks.spawn(task);
+                let id = abort.id();
+                self.task_owner.insert(id, (job, run, TaskKind::Worker));
+                info.worker = Some(Worker { tx, id, abort });
+            }
+        }
+    }
+
+    /// Decides the job's answer; it goes out after the job's pending status calls.
+    fn finish(&mut self, job: JobId, outcome: Outcome) {
+        let Some(info) = self.info.get_mut(&job) else {
+            return;
+        };
+        info.finishing = true;
+        info.stop.store(true, Ordering::Release);
+        match &info.worker {
+            Some(worker) => {
+                let _ = worker.tx.send(WorkerCmd::Finish(outcome));
+            }
+            None => self.answer(job, outcome),
+        }
+    }
+
+    /// Sends the answer and drops the job's progress. Its unfinished paths stay mapped
+    /// until their late status change arrives.
+    fn answer(&mut self, job: JobId, outcome: Outcome) {
+        let Some(info) = self.info.remove(&job) else {
+            return;
+        };
+        info.stop.store(true, Ordering::Release);
+        if let Some(worker) = info.worker {
+            // Whatever it still holds must not run after the answer.
+            worker.abort.abort();
+        }
+        let notification = match outcome {
+            Outcome::Ok => Notification {
+                job,
+                ok: true,
+                msg: String::new(),
+            },
+            Outcome::Fail(msg) => {
+                warn!(%job, %msg, "job failed");
+                Notification {
+                    job,
+                    ok: false,
+                    msg,
+                }
+            }
+        };
+        debug!(%job, ok = notification.ok, "job answered");
+        if self.notifier.send(notification).is_err() {
+            debug!(%job, "notification receiver dropped");
+        }
+    }
+
+    fn handle_joined(&mut self, joined: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        let (id, panic) = match joined {
+            Ok((id, ())) => (id, None),
+            Err(err) => {
+                let id = err.id();
+                let panic = err.is_panic().then(|| panic_message(err.into_panic()));
+                (id, panic)
+            }
+        };
+        let owner = self.task_owner.remove(&id);
+        if let Some(message) = panic {
+            self.record_panic(message.clone());
+            if let Some((job, run, kind)) = owner
+                && self.current(job, run).is_some()
+            {
+                let what = match kind {
+                    TaskKind::Planning => "planning",
+                    TaskKind::Worker => "status",
+                };
+                self.answer(
+                    job,
+                    Outcome::Fail(format!("internal error: {what} task panicked: {message}")),
+                );
+            }
+        }
+        if let Some((_, run, TaskKind::Planning)) = owner
+            && let Some(mut planning) = self.planning.remove(&run)
+        {
+            // Aborted or panicked before reporting its end.
+            if let Some(respond_to) = planning.respond_to.take() {
+                let _ = respond_to.send(Ok(()));
+            }
+            self.forget_orphans_if_idle();
+        }
+        let mut i = 0;
+        while i < self.cancel_waiters.len() {
+            self.cancel_waiters[i].0.remove(&id);
+            if self.cancel_waiters[i].0.is_empty() {
+                let (_, respond_to) = self.cancel_waiters.swap_remove(i);
+                let _ = respond_to.send(());
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Orphans can only belong to a job that is still registering paths.
+    fn forget_orphans_if_idle(&mut self) {
+        if self.planning.is_empty() && !self.orphans.is_empty() {
+            debug!(
+                count = self.orphans.len(),
+                "dropping unclaimed status changes"
+            );
+            self.orphans.clear();
+        }
+    }
+
+    fn record_panic(&mut self, message: String) {
+        warn!(%message, "downloader task panicked");
+        self.panic.get_or_insert(message);
+    }
+}
+
+/// The text of a FAIL caused by a failed status call.
+fn status_failed(err: &BoxError) -> String {
+    format!("failed to set job status: {err}")
+}
+
+/// Carries out the job's status calls, one at a time and in order, then its answer.
+async fn worker(
+    job: JobId,
+    run: u64,
+    jobs: Arc<dyn JobsController>,
+    first: StatusFuture,
+    mut rx: mpsc::UnboundedReceiver<WorkerCmd>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    if let Err(err) = first.await {
+        let _ = events.send(Event::StatusFailed {
+            job,
+            run,
+            msg: status_failed(&err),
+        });
+        return;
+    }
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            WorkerCmd::Status(text) => {
+                if let Err(err) = jobs
+                    .set_status_and_info(job, JobStatus::Downloading, text)
+                    .await
+                {
+                    let _ = events.send(Event::StatusFailed {
+                        job,
+                        run,
+                        msg: status_failed(&err),
+                    });
+                    return;
+                }
+            }
+            WorkerCmd::Finish(outcome) => {
+                let _ = events.send(Event::Finished { job, run, outcome });
+                return;
+            }
+        }
+    }
+}
+
+/// Everything a planning task needs.
+struct Plan {
+    job: JobId,
+    run: u64,
+    jobs: Arc<dyn JobsController>,
+    artifacts: Arc<dyn ArtifactManager>,
+    collector: mpsc::Sender<ArtifactStatusChange>,
+    events: mpsc::UnboundedSender<Event>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Plan {
+    async fn run(self) {
+        let result = match self.process().await {
+            Ok(()) => PlanResult::Saved,
+            Err(result) => result,
+        };
+        let _ = self.events.send(Event::PlanEnded {
+            job: self.job,
+            run: self.run,
+            result,
+        });
+    }
+
+    fn check(&self) -> Result<(), PlanResult> {
+        if self.stop.load(Ordering::Acquire) {
+            Err(PlanResult::Stopped)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Contract point 1: status `""`, config, pushes, creates, save.
+    async fn process(&self) -> Result<(), PlanResult> {
+        let job = self.job;
+        self.check()?;
+        self.jobs
+            .set_status_and_info(job, JobStatus::Downloading, String::new())
+            .await
+            .map_err(|e| PlanResult::Failed(status_failed(&e)))?;
+        self.check()?;
+        let mut config = self
+            .jobs
+            .get_config(job)
+            .await
+            .map_err(|e| PlanResult::Failed(format!("failed to get job config: {e}")))?;
+        config
+            .validate()
+            .map_err(|e| PlanResult::Failed(e.to_string()))?;
+        self.register(&mut config).await?;
+        self.check()?;
+        self.jobs
+            .set_config(job, config)
+            .await
+            .map_err(|e| PlanResult::Failed(format!("failed to save job config: {e}")))
+    }
+
+    async fn register(&self, config: &mut Config) -> Result<(), PlanResult> {
+        let job = self.job;
+        for (i, image) in config.action.deploy.images.iter_mut().enumerate() {
+            if let Some(uri) = image.uri.as_ref().filter(|u| !u.is_empty()) {
+                let description = ArtifactDescription {
+                    job,
+                    kind: ArtifactType::Image,
+                    alias: format!("Image_{i}"),
+                    uri: uri.clone(),
+                    sha256: image.sha256.clone(),
+                    checksum: image.checksum_source(),
+                };
+                image.path = Some(self.push(description).await?.0);
+            }
+            if let Some(uri) = image.checksum_uri.as_ref().filter(|u| !u.is_empty()) {
+                let description = ArtifactDescription::new(
+                    job,
+                    ArtifactType::Image,
+                    format!("ImageChecksum_{i}"),
+                    uri.clone(),
+                );
+                image.checksum_path = Some(self.push(description).await?.0);
+            }
+        }
+        for case in &mut config.action.test.test_cases {
+            for action in &mut case.test_actions {
+                match action {
+                    TestAction::Push(push) => {
+                        let mut description = ArtifactDescription::new(
+                            job,
+                            ArtifactType::Test,
+                            push.alias.clone(),
+                            push.uri.clone(),
+                        );
+                        description.sha256 = push.sha256.clone();
+                        push.path = Some(self.push(description).await?.0);
+                    }
+                    TestAction::Pull(pull) => {
+                        self.check()?;
+                        let description = ArtifactDescription::new(
+                            job,
+                            ArtifactType::Result,
+                            pull.alias.clone(),
+                            "",
+                        );
+                        let path = self.artifacts.create_artifact(description).await.map_err(|e| {
+                            PlanResult::Failed(format!(
+                                "failed to create a path for pull artifact {} in the artifact manager: {e}",
+                                pull.alias
+                            ))
+                        })?;
+                        pull.path = Some(path.0);
+                    }
+                    TestAction::Run(_) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn push(&self, description: ArtifactDescription) -> Result<ArtifactPath, PlanResult> {
+        self.check()?;
+        let alias: Box<str> = description.alias.as_str().into();
+        let uri = description.uri.clone();
+        let path = self
+            .artifacts
+            .push_artifact(description, self.collector.clone())
+            .await
+            .map_err(|e| {
+                PlanResult::Failed(format!(
+                    "failed to register URI <{uri}> (alias {alias}) in the artifact manager: {e}"
+                ))
+            })?;
+        let _ = self.events.send(Event::Registered {
+            job: self.job,
+            run: self.run,
+            path: path.clone(),
+            alias,
+        });
+        Ok(path)
+    }
+}
+
+/// The message of a panic payload.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(s) => (*s).to_owned(),
+            Err(_) => "non-string panic payload".to_owned(),
+        },
+    }
+}
