@@ -1,1 +1,243 @@
-fn main() {}
+//! Status changes per second through the Downloader's actor: 1,000 jobs × 100 artifacts,
+//! an in-process fake manager and a no-op controller. The twin of
+//! `../shared/bench/weles_core` (the Go hot path of Weles' DownloaderImpl): every job is
+//! registered and its config saved, then one producer sends all READY changes,
+//! interleaved across jobs, and the clock stops when every job has its OK.
+//!
+//! Prints one line per run and a median line in the Go harness's format, then runs the
+//! same measurement under criterion. `BENCH_RUNS`, `BENCH_JOBS`, `BENCH_ARTIFACTS` change
+//! the defaults (15, 1000, 100).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use artifact_coordinator::{
+    ArtifactDescription, ArtifactManager, ArtifactPath, ArtifactStatus, ArtifactStatusChange,
+    BoxError, Config, Downloader, JobId, JobStatus, JobsController, Push, Test, TestAction,
+    TestCase, async_trait,
+};
+use criterion::{Criterion, Throughput};
+use tokio::sync::mpsc;
+
+/// A controller that does nothing, with a config of `artifacts` pushes.
+struct NoopController {
+    config: Config,
+}
+
+#[async_trait]
+impl JobsController for NoopController {
+    async fn set_status_and_info(&self, _: JobId, _: JobStatus, _: String) -> Result<(), BoxError> {
+        Ok(())
+    }
+    async fn get_config(&self, _: JobId) -> Result<Config, BoxError> {
+        Ok(self.config.clone())
+    }
+    async fn set_config(&self, _: JobId, _: Config) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+/// A manager that hands out paths and keeps the collector for the producer.
+#[derive(Default)]
+struct FakeManager {
+    collector: Mutex<Option<mpsc::Sender<ArtifactStatusChange>>>,
+}
+
+fn path_of(job: JobId, alias: &str) -> String {
+    format!("/tmp/weles/{job}/TEST/{alias}")
+}
+
+#[async_trait]
+impl ArtifactManager for FakeManager {
+    async fn push_artifact(
+        &self,
+        d: ArtifactDescription,
+        collector: mpsc::Sender<ArtifactStatusChange>,
+    ) -> Result<ArtifactPath, BoxError> {
+        let mut slot = self.collector.lock().map_err(|_| "poisoned")?;
+        if slot.is_none() {
+            *slot = Some(collector);
+        }
+        Ok(ArtifactPath(path_of(d.job, &d.alias)))
+    }
+    async fn create_artifact(&self, d: ArtifactDescription) -> Result<ArtifactPath, BoxError> {
+        Ok(ArtifactPath(path_of(d.job, &d.alias)))
+    }
+    async fn cancel_job(&self, _: JobId) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+fn config(artifacts: usize) -> Config {
+    let mut config = Config::default();
+    config.action.test = Test {
+        test_cases: vec![TestCase {
+            case_name: "bench".into(),
+            test_actions: (0..artifacts)
+                .map(|a| {
+                    TestAction::Push(Push {
+                        uri: format!("http://127.0.0.1/{a}"),
+                        alias: format!("alias_{a}"),
+                        ..Push::default()
+                    })
+                })
+                .collect(),
+        }],
+    };
+    config
+}
+
+/// One run: returns (register seconds, feed seconds).
+async fn run_once(jobs: usize, artifacts: usize) -> (f64, f64) {
+    let manager = Arc::new(FakeManager::default());
+    let controller = Arc::new(NoopController {
+        config: config(artifacts),
+    });
+    let (downloader, mut notifications) = Downloader::new(controller, manager.clone());
+
+    let t0 = Instant::now();
+    let mut registering = tokio::task::JoinSet::new();
+    for j in 0..jobs {
+        let d = downloader.clone();
+        registering.spawn(async move { d.download(JobId(j as u64)).await });
+    }
+    while let Some(r) = registering.join_next().await {
+        r.expect("join").expect("download");
+    }
+    let register = t0.elapsed().as_secs_f64();
+
+    // Built before the clock starts: Go's string-to-ArtifactPath conversion is free.
+    let mut changes = Vec::with_capacity(jobs * artifacts);
+    for a in 0..artifacts {
+        for j in 0..jobs {
+            changes.push(ArtifactStatusChange::new(
+                path_of(JobId(j as u64), &format!("alias_{a}")),
+                ArtifactStatus::Ready,
+            ));
+        }
+    }
+    let collector = manager
+        .collector
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("collector");
+
+    let t1 = Instant::now();
+    let producer = tokio::spawn(async move {
+        for change in changes {
+            collector.send(change).await.expect("collector open");
+        }
+    });
+    let mut seen = vec![false; jobs];
+    for _ in 0..jobs {
+        let n = notifications.recv().await.expect("notification");
+        assert!(n.ok && !seen[n.job.0 as usize], "unexpected {n:?}");
+        seen[n.job.0 as usize] = true;
+    }
+    let feed = t1.elapsed().as_secs_f64();
+    producer.await.expect("producer");
+
+    let stats = downloader.stats().await.expect("stats");
+    assert_eq!(
+        (stats.jobs, stats.paths, stats.orphans),
+        (0, 0, 0),
+        "state left behind"
+    );
+    assert_eq!(stats.status_changes, (jobs * artifacts) as u64);
+    downloader.shutdown().await.expect("shutdown");
+    (register, feed)
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map_or(-1.0, |kib| kib / 1024.0)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// A 2-worker runtime (as GOMAXPROCS=2), or a single-threaded one with `BENCH_THREADS=1`.
+fn runtime() -> tokio::runtime::Runtime {
+    let mut builder = if env("BENCH_THREADS", 2) == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(env("BENCH_THREADS", 2));
+        b
+    };
+    builder.enable_all().build().expect("runtime")
+}
+
+fn main() {
+    let runs = env("BENCH_RUNS", 15);
+    let jobs = env("BENCH_JOBS", 1000);
+    let artifacts = env("BENCH_ARTIFACTS", 100);
+    let total = (jobs * artifacts) as f64;
+    let rt = runtime();
+
+    let (mut rates, mut feeds, mut regs) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (register, feed) = rt.block_on(run_once(jobs, artifacts));
+        println!(
+            "rust-actor changes_per_s={:.0} jobs={jobs} artifacts={artifacts} feed_s={feed:.4} register_s={register:.4} wall_s={:.4} peak_rss_mib={:.1}",
+            total / feed,
+            register + feed,
+            peak_rss_mib()
+        );
+        rates.push(total / feed);
+        feeds.push(feed);
+        regs.push(register);
+    }
+    let (min, max) = rates
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    println!(
+        "rust-actor median runs={runs} jobs={jobs} artifacts={artifacts} changes_per_s={:.0} feed_s={:.4} register_s={:.4} peak_rss_mib={:.1} changes_per_s_min={min:.0} changes_per_s_max={max:.0}",
+        median(&mut rates),
+        median(&mut feeds),
+        median(&mut regs),
+        peak_rss_mib()
+    );
+
+    if std::env::var_os("BENCH_SKIP_CRITERION").is_some() {
+        return;
+    }
+    let mut criterion = Criterion::default()
+        .configure_from_args()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    let mut group = criterion.benchmark_group("downloader");
+    group.throughput(Throughput::Elements(total as u64));
+    group.bench_function(format!("ready_changes_{jobs}x{artifacts}"), |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| Duration::from_secs_f64(rt.block_on(run_once(jobs, artifacts)).1))
+                .sum()
+        })
+    });
+    group.finish();
+    criterion.final_summary();
+}

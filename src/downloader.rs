@@ -17,7 +17,7 @@
 //!   READY before `push_artifact` returns) is parked as an *orphan* until the registration
 //!   arrives; orphans are dropped once no job is planning any more.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 
+use rustc_hash::FxHashMap as HashMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, warn};
@@ -125,12 +126,12 @@ impl DownloaderBuilder {
             events: event_rx,
             event_tx,
             notifier: notify_tx,
-            path2job: HashMap::new(),
-            info: HashMap::new(),
-            orphans: HashMap::new(),
-            planning: HashMap::new(),
+            path2job: HashMap::default(),
+            info: HashMap::default(),
+            orphans: HashMap::default(),
+            planning: HashMap::default(),
             tasks: JoinSet::new(),
-            task_owner: HashMap::new(),
+            task_owner: HashMap::default(),
             cancel_waiters: Vec::new(),
             next_run: 0,
             status_changes: 0,
@@ -654,6 +655,13 @@ impl Actor {
         }
     }
 
+    /// Whether the job's run is in flight and its answer not yet decided.
+    fn is_live(&self, job: JobId, run: u64) -> bool {
+        self.info
+            .get(&job)
+            .is_some_and(|i| i.run == run && !i.finishing)
+    }
+
     /// The job's info if it is still the given run.
     fn current(&mut self, job: JobId, run: u64) -> Option<&mut JobInfo> {
         self.info.get_mut(&job).filter(|i| i.run == run)
@@ -665,44 +673,42 @@ impl Actor {
     }
 
     fn apply_change(&mut self, change: ArtifactStatusChange) {
-        let Some(entry) = self.path2job.get(&change.path) else {
+        if !change.status.is_terminal() {
+            // Non-terminal statuses change nothing, except that they retire the path of
+            // an answered job (as Weles did).
+            if let Some(entry) = self.path2job.get(&change.path)
+                && !self.is_live(entry.job, entry.run)
+            {
+                self.path2job.remove(&change.path);
+            }
+            return;
+        }
+        let Some(entry) = self.path2job.remove(&change.path) else {
             // Not registered (yet): a manager may report before `push_artifact` returns.
-            if change.status.is_terminal() && !self.planning.is_empty() {
+            if !self.planning.is_empty() {
                 self.orphans.insert(change.path.clone(), change);
             }
             return;
         };
-        let (job, run) = (entry.job, entry.run);
-        let live = self
+        let job = entry.job;
+        let Some(info) = self
             .info
-            .get(&job)
-            .is_some_and(|i| i.run == run && !i.finishing);
-        if !live {
-            // The job was answered: any change retires the path (as Weles did).
-            self.path2job.remove(&change.path);
+            .get_mut(&job)
+            .filter(|i| i.run == entry.run && !i.finishing)
+        else {
+            // The job was answered: the late change just retires the path.
             return;
-        }
+        };
         match change.status {
             ArtifactStatus::Pending | ArtifactStatus::Downloading => {}
             ArtifactStatus::Ready => {
-                self.path2job.remove(&change.path);
-                let Some(info) = self.info.get_mut(&job) else {
-                    return;
-                };
                 info.ready += 1;
-                let text = format!("{} / {} artifacts ready", info.ready, info.paths);
+                let text = ready_info(info.ready, info.paths);
                 self.status(job, text);
                 self.answer_if_ready(job);
             }
             ArtifactStatus::Failed => {
-                let alias = self
-                    .path2job
-                    .remove(&change.path)
-                    .map(|e| e.alias)
-                    .unwrap_or_default();
-                let Some(info) = self.info.get_mut(&job) else {
-                    return;
-                };
+                let alias = entry.alias;
                 info.failed += 1;
                 let reason = change.reason.as_deref().unwrap_or("unknown reason");
                 let msg = format!(
@@ -868,6 +874,32 @@ impl Actor {
         warn!(%message, "downloader task panicked");
         self.panic.get_or_insert(message);
     }
+}
+
+/// `"<ready> / <total> artifacts ready"`, built without the formatting machinery (this
+/// runs once per READY artifact).
+fn ready_info(ready: usize, total: usize) -> String {
+    fn push_num(s: &mut String, mut n: usize) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for &d in &digits[i..] {
+            s.push(char::from(d));
+        }
+    }
+    let mut s = String::with_capacity(48);
+    push_num(&mut s, ready);
+    s.push_str(" / ");
+    push_num(&mut s, total);
+    s.push_str(" artifacts ready");
+    s
 }
 
 /// The text of a FAIL caused by a failed status call.
@@ -1063,5 +1095,24 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
             Ok(s) => (*s).to_owned(),
             Err(_) => "non-string panic payload".to_owned(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ready_info;
+
+    #[test]
+    fn ready_info_matches_format() {
+        for (r, t) in [
+            (0, 0),
+            (1, 7),
+            (7, 7),
+            (9, 10),
+            (10, 10),
+            (123_456, 1_000_000),
+        ] {
+            assert_eq!(ready_info(r, t), format!("{r} / {t} artifacts ready"));
+        }
     }
 }
