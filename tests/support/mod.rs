@@ -178,3 +178,25 @@ pub fn assert_no_part_files(root: &Path) {
     let parts = part_files(root);
     assert!(parts.is_empty(), "temporary files left behind: {parts:?}");
 }
+
+
+/// Polls `check` every 10 ms until it holds, failing after [`WAIT`]. Only for state that
+/// offers nothing to wait on (the file system, a snapshot API); everything else waits on
+/// a channel.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -98,6 +98,9 @@ impl Resource {
     }
 }
 
+/// How long a [`Cut::Reset`] waits after its last byte before resetting the connection.
+pub const RESET_GRACE: Duration = Duration::from_millis(100);
+
 /// What happens after some body bytes were sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {
@@ -650,6 +653,9 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
     }
     match step.cut {
         Some((_, Cut::Reset)) => {
+            // Give the client a moment to read what was sent, so that the bytes before the
+            // reset really reach it (an RST may discard data still in flight).
+            tokio::time::sleep(RESET_GRACE).await;
             let _ = stream.set_zero_linger();
             drop(stream);
         }
