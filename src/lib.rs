@@ -75,6 +75,9 @@
 //!   their contracts (and mockall mocks behind the `mock` feature).
 //! - `downloader`: the [`Downloader`] handle and its actor: path-to-job map, per-job
 //!   progress, status reports and the OK/FAIL answer.
+//! - `store`: the [`Store`], the real [`ArtifactManager`]: files under one root, an
+//!   SQLite index ([`Store::list`], [`Store::info`]) and a bounded pool of HTTP(S) and
+//!   `file://` transfers with retries, resume and verification ([`StoreBuilder`]).
 //! - `error`: the error enums ([`ConfigError`], [`DownloadError`]) and [`BoxError`].
 //!
 //! # Features
@@ -87,6 +90,7 @@
 mod downloader;
 mod error;
 mod model;
+mod store;
 mod traits;
 
 pub use async_trait::async_trait;
@@ -98,6 +102,11 @@ pub use model::{
     Action, ArtifactDescription, ArtifactPath, ArtifactStatus, ArtifactStatusChange, ArtifactType,
     ChecksumSource, ChecksumType, Config, Deploy, ImageDefinition, JobId, JobStatus, Notification,
     Priority, Pull, Push, Run, Test, TestAction, TestCase,
+};
+pub use store::{
+    ArtifactFilter, ArtifactPage, ArtifactRecord, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_AFTER_CAP,
+    DEFAULT_WORKERS, Page, REASON_CANCELLED, REASON_CLOSED, Store, StoreBuilder, StoreError,
 };
 pub use traits::{ArtifactManager, JobsController};
 #[cfg(any(test, feature = "mock"))]
@@ -111,4 +120,8 @@ fn assert_send_sync() {
     check::<Config>();
     check::<Notification>();
     check::<ArtifactStatusChange>();
+    check::<Store>();
+    check::<StoreBuilder>();
+    check::<StoreError>();
+    check::<ArtifactRecord>();
 }

@@ -1,0 +1,1352 @@
+//! The transfer engine: fetches one URI into a temporary file with constant memory,
+//! hashing on the fly, retrying what is worth retrying, resuming when the server allows,
+//! and verifying the result.
+//!
+//! [`Fetcher::download`] is deliberately independent of the index and of the final path:
+//! it writes a *verified* temporary file and returns its size and SHA-256, or removes it
+//! and returns why not. The store renames the file into place; a content-addressed cache
+//! can rename it onto a blob named by its digest instead.
+//!
+//! # Failure handling
+//!
+//! - Retried (up to `max_attempts` attempts in all): connection errors, connect and idle
+//!   timeouts, resets and truncated bodies, HTTP 408, 429 and 5xx except 501 and 505.
+//!   Before retry *k* (0-based) the engine sleeps a random time in
+//!   `0..=min(backoff_max, backoff_base * 2^k)`, or the server's `Retry-After` (capped)
+//!   when the answer carried one. Sleeps use `tokio::time`.
+//! - Failed at once: any other 4xx (and 501, 505), a size over the limit, a digest
+//!   mismatch, a local I/O error, cancellation.
+//! - Resume: when the answer that broke had `Accept-Ranges: bytes` and an ETag (strong)
+//!   or Last-Modified, the partial file is kept and the next attempt asks for
+//!   `Range: bytes=N-` with `If-Range`. A `200` answer, or a `206` whose `Content-Range`
+//!   does not start at `N`, restarts from zero (file truncated, hashes reset). The hashes
+//!   are kept across attempts, so they always cover exactly the bytes in the file.
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use md5::Md5;
+use reqwest::StatusCode;
+use reqwest::header::{self, HeaderMap};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use url::Url;
+
+use super::builder::Settings;
+use crate::model::ChecksumType;
+
+/// Bytes buffered before a write to the file (and the hashing of them) off the runtime.
+const WRITE_CHUNK: usize = 256 * 1024;
+
+/// Largest checksum file the engine reads.
+pub(crate) const MAX_CHECKSUM_FILE: u64 = 64 * 1024;
+
+/// Most redirects followed.
+const MAX_REDIRECTS: usize = 10;
+
+/// Why a transfer did not produce a verified file. Its `Display` is the reason recorded in
+/// the index and sent with `FAILED`.
+#[derive(Debug)]
+pub(crate) enum FetchError {
+    /// The job (or the store) was cancelled.
+    Cancelled,
+    /// An HTTP status that is not success.
+    Status {
+        /// The URI.
+        uri: String,
+        /// The status.
+        status: StatusCode,
+    },
+    /// Connecting or talking to the server failed.
+    Network {
+        /// The URI.
+        uri: String,
+        /// The error and its causes.
+        detail: String,
+    },
+    /// No response headers in time.
+    HeaderTimeout {
+        /// The URI.
+        uri: String,
+        /// How long the engine waited.
+        waited: Duration,
+    },
+    /// No body bytes for the idle timeout.
+    IdleTimeout {
+        /// The URI.
+        uri: String,
+        /// The idle timeout.
+        idle: Duration,
+        /// Bytes received so far (in the file).
+        got: u64,
+    },
+    /// The body ended (or broke) before `Content-Length` bytes.
+    Truncated {
+        /// The URI.
+        uri: String,
+        /// Bytes announced (whole file).
+        expected: u64,
+        /// Bytes received (whole file).
+        got: u64,
+        /// The transport error, if the body broke rather than ended.
+        detail: Option<String>,
+    },
+    /// A range answer that cannot continue the partial file.
+    BadRange {
+        /// The URI.
+        uri: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The artifact is larger than the size limit.
+    TooLarge {
+        /// The URI.
+        uri: String,
+        /// The limit.
+        limit: u64,
+        /// The announced size, when it was announced.
+        declared: Option<u64>,
+    },
+    /// A local file-system operation failed.
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file's SHA-256 is not the expected one (from the description).
+    Sha256Mismatch {
+        /// Expected digest, lower-case hex.
+        expected: String,
+        /// Actual digest, lower-case hex.
+        got: String,
+    },
+    /// The file's digest is not the one in its checksum file.
+    ChecksumMismatch {
+        /// The algorithm.
+        kind: ChecksumType,
+        /// The checksum file's URI.
+        uri: String,
+        /// Expected digest, lower-case hex.
+        expected: String,
+        /// Actual digest, lower-case hex.
+        got: String,
+    },
+    /// The checksum file holds no digest of the right length.
+    NoDigest {
+        /// The checksum file's URI.
+        uri: String,
+        /// The algorithm looked for.
+        kind: ChecksumType,
+    },
+    /// Fetching the checksum file failed.
+    ChecksumFile {
+        /// The checksum file's URI.
+        uri: String,
+        /// Why.
+        source: Box<FetchError>,
+    },
+    /// A request that cannot succeed (too many redirects, a malformed request).
+    Request {
+        /// The URI.
+        uri: String,
+        /// The error and its causes.
+        detail: String,
+    },
+    /// Every attempt failed; the last error.
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's error.
+        last: Box<FetchError>,
+    },
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FetchError::Cancelled => f.write_str("cancelled"),
+            FetchError::Status { uri, status } => write!(
+                f,
+                "HTTP {} {} from {uri}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            ),
+            FetchError::Network { uri, detail } => {
+                write!(f, "connection error for {uri}: {detail}")
+            }
+            FetchError::HeaderTimeout { uri, waited } => {
+                write!(f, "timeout: no response from {uri} within {waited:?}")
+            }
+            FetchError::IdleTimeout { uri, idle, got } => write!(
+                f,
+                "idle timeout: no data from {uri} for {idle:?} (after {got} bytes)"
+            ),
+            FetchError::Truncated {
+                uri,
+                expected,
+                got,
+                detail,
+            } => {
+                write!(
+                    f,
+                    "truncated body from {uri}: expected {expected} bytes, got {got}"
+                )?;
+                match detail {
+                    Some(detail) => write!(f, " ({detail})"),
+                    None => Ok(()),
+                }
+            }
+            FetchError::BadRange { uri, detail } => {
+                write!(f, "unusable range answer from {uri}: {detail}")
+            }
+            FetchError::TooLarge {
+                uri,
+                limit,
+                declared: Some(size),
+            } => write!(
+                f,
+                "{uri} exceeds size limit of {limit} bytes (Content-Length {size})"
+            ),
+            FetchError::TooLarge {
+                uri,
+                limit,
+                declared: None,
+            } => write!(
+                f,
+                "{uri} exceeds size limit of {limit} bytes (body grew past it)"
+            ),
+            FetchError::Io { op, path, source } => {
+                write!(f, "cannot {op} {}: {source}", path.display())
+            }
+            FetchError::Sha256Mismatch { expected, got } => {
+                write!(f, "sha256 mismatch: expected {expected}, got {got}")
+            }
+            FetchError::ChecksumMismatch {
+                kind,
+                uri,
+                expected,
+                got,
+            } => write!(
+                f,
+                "{kind} mismatch (checksum file {uri}): expected {expected}, got {got}"
+            ),
+            FetchError::NoDigest { uri, kind } => {
+                write!(f, "checksum file {uri} holds no {kind} digest")
+            }
+            FetchError::ChecksumFile { uri, source } => {
+                write!(f, "checksum file {uri}: {source}")
+            }
+            FetchError::Request { uri, detail } => write!(f, "cannot fetch {uri}: {detail}"),
+            FetchError::GaveUp { attempts, last } => {
+                write!(f, "{last} (gave up after {attempts} attempts)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FetchError {}
+
+impl FetchError {
+    /// Whether the transfer was cancelled.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        matches!(self, FetchError::Cancelled)
+    }
+}
+
+/// What one attempt ended with, when it did not finish the transfer.
+#[derive(Debug)]
+enum AttemptError {
+    /// Stop now with this error.
+    Fatal(FetchError),
+    /// Worth another attempt.
+    Retry {
+        /// Why this attempt failed.
+        error: FetchError,
+        /// The server's `Retry-After`, if it sent one.
+        retry_after: Option<Duration>,
+        /// Retry without a backoff delay (a restart from zero after a bad range answer).
+        immediate: bool,
+    },
+}
+
+impl AttemptError {
+    /// A retryable error with the usual backoff.
+    fn retry(error: FetchError) -> Self {
+        AttemptError::Retry {
+            error,
+            retry_after: None,
+            immediate: false,
+        }
+    }
+}
+
+impl From<FetchError> for AttemptError {
+    fn from(e: FetchError) -> Self {
+        AttemptError::Fatal(e)
+    }
+}
+
+/// Where an artifact comes from; checked at push time.
+#[derive(Debug, Clone)]
+pub(crate) enum Source {
+    /// An `http` or `https` URL.
+    Http(Url),
+    /// A local file (`file://` URI).
+    File(PathBuf),
+}
+
+/// Why a URI cannot be a [`Source`].
+#[derive(Debug)]
+pub(crate) enum SourceError {
+    /// Not a URI.
+    Invalid(String),
+    /// A scheme the store does not fetch.
+    Scheme {
+        /// The scheme.
+        scheme: String,
+        /// Which schemes are allowed.
+        reason: &'static str,
+    },
+}
+
+impl Source {
+    /// Parses and checks `uri`.
+    pub(crate) fn parse(uri: &str, allow_file: bool) -> Result<Source, SourceError> {
+        if uri.trim().is_empty() {
+            return Err(SourceError::Invalid("empty URI".into()));
+        }
+        let url = Url::parse(uri).map_err(|e| SourceError::Invalid(e.to_string()))?;
+        match url.scheme() {
+            "http" | "https" => {
+                if url.host_str().is_none_or(str::is_empty) {
+                    return Err(SourceError::Invalid("no host".into()));
+                }
+                Ok(Source::Http(url))
+            }
+            "file" if allow_file => {
+                if !matches!(url.host_str(), None | Some("") | Some("localhost")) {
+                    return Err(SourceError::Invalid(
+                        "a file URI must not name a remote host".into(),
+                    ));
+                }
+                let path = url
+                    .to_file_path()
+                    .map_err(|()| SourceError::Invalid("not a local file path".into()))?;
+                Ok(Source::File(path))
+            }
+            "file" => Err(SourceError::Scheme {
+                scheme: "file".into(),
+                reason: "file URIs are switched off in this store; use http or https",
+            }),
+            other => Err(SourceError::Scheme {
+                scheme: other.to_owned(),
+                reason: if allow_file {
+                    "supported schemes are http, https and file"
+                } else {
+                    "supported schemes are http and https"
+                },
+            }),
+        }
+    }
+}
+
+/// A digest to check the file against.
+#[derive(Debug, Clone)]
+pub(crate) struct Expected {
+    /// Expected SHA-256 (from the description), lower-case hex.
+    pub(crate) sha256: Option<String>,
+    /// The checksum file's digest and where it came from.
+    pub(crate) checksum: Option<ChecksumDigest>,
+}
+
+/// A digest read from a checksum file.
+#[derive(Debug, Clone)]
+pub(crate) struct ChecksumDigest {
+    /// Its algorithm.
+    pub(crate) kind: ChecksumType,
+    /// The digest, lower-case hex.
+    pub(crate) digest: String,
+    /// The checksum file's URI (for the error message).
+    pub(crate) uri: String,
+}
+
+/// A verified temporary file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fetched {
+    /// Its size in bytes.
+    pub(crate) size: u64,
+    /// Its SHA-256, lower-case hex.
+    pub(crate) sha256: String,
+}
+
+/// The hashes computed while streaming.
+#[derive(Clone)]
+struct Hashes {
+    /// Always computed (recorded in the index).
+    sha256: Sha256,
+    /// Computed when an md5 checksum file is to be checked.
+    md5: Option<Md5>,
+}
+
+impl Hashes {
+    fn new(md5: bool) -> Self {
+        Hashes {
+            sha256: Sha256::new(),
+            md5: md5.then(Md5::new),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        self.sha256.update(data);
+        if let Some(md5) = &mut self.md5 {
+            md5.update(data);
+        }
+    }
+
+    /// (sha256, md5) as lower-case hex.
+    fn finish(self) -> (String, Option<String>) {
+        (
+            hex::encode(self.sha256.finalize()),
+            self.md5.map(|m| hex::encode(m.finalize())),
+        )
+    }
+}
+
+/// Where the bytes go.
+enum Target {
+    /// A temporary file (taken out while a blocking write runs).
+    File(Option<std::fs::File>),
+    /// Memory (checksum files).
+    Memory(Vec<u8>),
+}
+
+/// A byte sink that hashes what it keeps and can start over.
+struct Sink {
+    /// The file or buffer.
+    target: Target,
+    /// Hashes of every byte written to `target` (taken out while a blocking write runs).
+    hashes: Option<Hashes>,
+    /// Bytes not yet written to the file.
+    pending: Vec<u8>,
+    /// Bytes accepted: written plus pending.
+    len: u64,
+    /// Whether md5 is computed too.
+    md5: bool,
+    /// The file's path, for errors.
+    path: PathBuf,
+}
+
+impl Sink {
+    fn file(file: std::fs::File, path: &Path, md5: bool) -> Self {
+        Sink {
+            target: Target::File(Some(file)),
+            hashes: Some(Hashes::new(md5)),
+            pending: Vec::with_capacity(WRITE_CHUNK),
+            len: 0,
+            md5,
+            path: path.to_owned(),
+        }
+    }
+
+    fn memory(md5: bool) -> Self {
+        Sink {
+            target: Target::Memory(Vec::new()),
+            hashes: Some(Hashes::new(md5)),
+            pending: Vec::new(),
+            len: 0,
+            md5,
+            path: PathBuf::from("<memory>"),
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn io(&self, op: &'static str, source: std::io::Error) -> FetchError {
+        FetchError::Io {
+            op,
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Accepts `data` (written to the file in chunks, off the runtime).
+    async fn write(&mut self, data: &[u8]) -> Result<(), FetchError> {
+        self.len += data.len() as u64;
+        match &mut self.target {
+            Target::Memory(buf) => {
+                if let Some(h) = &mut self.hashes {
+                    h.update(data);
+                }
+                buf.extend_from_slice(data);
+                Ok(())
+            }
+            Target::File(_) => {
+                self.pending.extend_from_slice(data);
+                if self.pending.len() >= WRITE_CHUNK {
+                    self.flush().await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes (and hashes) the pending bytes, on the blocking pool.
+    async fn flush(&mut self) -> Result<(), FetchError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let Target::File(slot) = &mut self.target else {
+            return Ok(());
+        };
+        let (Some(mut file), Some(mut hashes)) = (slot.take(), self.hashes.take()) else {
+            return Err(self.io(
+                "write",
+                std::io::Error::other("file lost by an earlier error"),
+            ));
+        };
+        let mut buf = std::mem::take(&mut self.pending);
+        let joined = tokio::task::spawn_blocking(move || {
+            hashes.update(&buf);
+            let result = file.write_all(&buf);
+            buf.clear();
+            (file, hashes, buf, result)
+        })
+        .await;
+        let (file, hashes, buf, result) = joined.map_err(|e| FetchError::Io {
+            op: "write",
+            path: self.path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        *slot = Some(file);
+        self.hashes = Some(hashes);
+        self.pending = buf;
+        result.map_err(|e| self.io("write", e))
+    }
+
+    /// Drops everything written so far: the file is truncated and the hashes restart.
+    async fn reset(&mut self) -> Result<(), FetchError> {
+        self.pending.clear();
+        self.len = 0;
+        self.hashes = Some(Hashes::new(self.md5));
+        match &mut self.target {
+            Target::Memory(buf) => {
+                buf.clear();
+                Ok(())
+            }
+            Target::File(slot) => {
+                let path = self.path.clone();
+                let io = move |source| FetchError::Io {
+                    op: "truncate",
+                    path,
+                    source,
+                };
+                let Some(mut file) = slot.take() else {
+                    return Err(io(std::io::Error::other("file lost by an earlier error")));
+                };
+                let joined = tokio::task::spawn_blocking(move || {
+                    let result = file
+                        .set_len(0)
+                        .and_then(|()| std::io::Seek::rewind(&mut file));
+                    (file, result)
+                })
+                .await;
+                match joined {
+                    Ok((file, result)) => {
+                        *slot = Some(file);
+                        result.map_err(io)
+                    }
+                    Err(e) => Err(io(std::io::Error::other(e.to_string()))),
+                }
+            }
+        }
+    }
+
+    /// Writes what is pending, fsyncs the file if asked, closes it and returns the
+    /// digests: (sha256, md5) and, for memory, the bytes.
+    async fn finish(
+        mut self,
+        fsync: bool,
+    ) -> Result<(String, Option<String>, Vec<u8>), FetchError> {
+        self.flush().await?;
+        let hashes = self
+            .hashes
+            .take()
+            .ok_or_else(|| self.io("hash", std::io::Error::other("hashes lost")))?;
+        let (sha256, md5) = hashes.finish();
+        match std::mem::replace(&mut self.target, Target::Memory(Vec::new())) {
+            Target::Memory(buf) => Ok((sha256, md5, buf)),
+            Target::File(file) => {
+                if let (true, Some(file)) = (fsync, file) {
+                    let path = self.path.clone();
+                    tokio::task::spawn_blocking(move || file.sync_all())
+                        .await
+                        .map_err(|e| std::io::Error::other(e.to_string()))
+                        .and_then(|r| r)
+                        .map_err(|source| FetchError::Io {
+                            op: "fsync",
+                            path,
+                            source,
+                        })?;
+                }
+                Ok((sha256, md5, Vec::new()))
+            }
+        }
+    }
+}
+
+/// The engine's settings and its HTTP client (one per store, reused for every transfer).
+#[derive(Debug, Clone)]
+pub(crate) struct Fetcher {
+    /// Built once: rustls, connect timeout, keep-alive pool, at most 10 redirects.
+    client: reqwest::Client,
+    /// Attempts per transfer.
+    max_attempts: u32,
+    /// Backoff base.
+    backoff_base: Duration,
+    /// Backoff ceiling.
+    backoff_max: Duration,
+    /// `Retry-After` cap.
+    retry_after_cap: Duration,
+    /// Connect timeout (plus idle timeout: how long to wait for response headers).
+    connect_timeout: Duration,
+    /// Per-read idle timeout.
+    idle_timeout: Duration,
+    /// Size limit.
+    max_size: Option<u64>,
+    /// Whether to fsync the file.
+    fsync: bool,
+}
+
+impl Fetcher {
+    /// Builds the engine and its HTTP client.
+    pub(crate) fn new(settings: &Settings) -> Result<Fetcher, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(settings.connect_timeout)
+            .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(settings.workers.max(1))
+            .tcp_nodelay(true)
+            .tcp_keepalive(Duration::from_secs(60))
+            .user_agent(concat!(
+                env!("CARGO_PKG_NAME"),
+                "/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()?;
+        Ok(Fetcher {
+            client,
+            max_attempts: settings.max_attempts.max(1),
+            backoff_base: settings.backoff_base,
+            backoff_max: settings.backoff_max,
+            retry_after_cap: settings.retry_after_cap,
+            connect_timeout: settings.connect_timeout,
+            idle_timeout: settings.idle_timeout,
+            max_size: settings.max_size,
+            fsync: settings.fsync,
+        })
+    }
+
+    /// Downloads `source` into the new file `temp` (which must not exist), verifying it
+    /// against `expected`; returns its size and SHA-256. The file is complete, verified
+    /// and (if configured) fsynced when this returns `Ok`; on `Err` it has been removed.
+    pub(crate) async fn download(
+        &self,
+        source: &Source,
+        uri: &str,
+        temp: &Path,
+        expected: &Expected,
+        cancel: &CancellationToken,
+    ) -> Result<Fetched, FetchError> {
+        let result = self
+            .download_inner(source, uri, temp, expected, cancel)
+            .await;
+        if result.is_err() {
+            remove_quietly(temp).await;
+        }
+        result
+    }
+
+    async fn download_inner(
+        &self,
+        source: &Source,
+        uri: &str,
+        temp: &Path,
+        expected: &Expected,
+        cancel: &CancellationToken,
+    ) -> Result<Fetched, FetchError> {
+        let path = temp.to_owned();
+        let file = tokio::task::spawn_blocking(move || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r)
+        .map_err(|source| FetchError::Io {
+            op: "create temporary file",
+            path: temp.to_owned(),
+            source,
+        })?;
+        let md5 = expected
+            .checksum
+            .as_ref()
+            .is_some_and(|c| c.kind == ChecksumType::Md5);
+        let mut sink = Sink::file(file, temp, md5);
+        self.fill(source, uri, &mut sink, self.max_size, cancel)
+            .await?;
+        let size = sink.len();
+        let (sha256, md5, _) = sink.finish(self.fsync).await?;
+        if let Some(want) = &expected.sha256
+            && *want != sha256
+        {
+            return Err(FetchError::Sha256Mismatch {
+                expected: want.clone(),
+                got: sha256,
+            });
+        }
+        if let Some(check) = &expected.checksum {
+            let got = match check.kind {
+                ChecksumType::Sha256 => Some(sha256.clone()),
+                ChecksumType::Md5 => md5,
+            };
+            if got.as_deref() != Some(check.digest.as_str()) {
+                return Err(FetchError::ChecksumMismatch {
+                    kind: check.kind,
+                    uri: check.uri.clone(),
+                    expected: check.digest.clone(),
+                    got: got.unwrap_or_default(),
+                });
+            }
+        }
+        Ok(Fetched { size, sha256 })
+    }
+
+    /// Fetches a checksum file (into memory, at most [`MAX_CHECKSUM_FILE`] bytes, with the
+    /// same retries) and returns the first digest of the right length in it.
+    pub(crate) async fn fetch_checksum(
+        &self,
+        source: &Source,
+        uri: &str,
+        kind: ChecksumType,
+        cancel: &CancellationToken,
+    ) -> Result<ChecksumDigest, FetchError> {
+        let wrap = |e: FetchError| match e {
+            FetchError::Cancelled => FetchError::Cancelled,
+            e => FetchError::ChecksumFile {
+                uri: uri.to_owned(),
+                source: Box::new(e),
+            },
+        };
+        let mut sink = Sink::memory(false);
+        self.fill(source, uri, &mut sink, Some(MAX_CHECKSUM_FILE), cancel)
+            .await
+            .map_err(wrap)?;
+        let (_, _, body) = sink.finish(false).await.map_err(wrap)?;
+        let digest = parse_checksum(&body, kind).ok_or_else(|| FetchError::NoDigest {
+            uri: uri.to_owned(),
+            kind,
+        })?;
+        Ok(ChecksumDigest {
+            kind,
+            digest,
+            uri: uri.to_owned(),
+        })
+    }
+
+    /// Fills `sink` from `source`, with retries for HTTP.
+    async fn fill(
+        &self,
+        source: &Source,
+        uri: &str,
+        sink: &mut Sink,
+        limit: Option<u64>,
+        cancel: &CancellationToken,
+    ) -> Result<(), FetchError> {
+        match source {
+            Source::Http(url) => self.fill_http(url, uri, sink, limit, cancel).await,
+            Source::File(path) => self.fill_file(path, uri, sink, limit, cancel).await,
+        }
+    }
+
+    /// The retry loop around [`Self::attempt`].
+    async fn fill_http(
+        &self,
+        url: &Url,
+        uri: &str,
+        sink: &mut Sink,
+        limit: Option<u64>,
+        cancel: &CancellationToken,
+    ) -> Result<(), FetchError> {
+        let mut validator: Option<String> = None;
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let (error, retry_after, immediate) = match self
+                .attempt(url, uri, sink, limit, &mut validator, cancel)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(AttemptError::Fatal(e)) => return Err(e),
+                Err(AttemptError::Retry {
+                    error,
+                    retry_after,
+                    immediate,
+                }) => (error, retry_after, immediate),
+            };
+            if attempt >= self.max_attempts {
+                return Err(FetchError::GaveUp {
+                    attempts: attempt,
+                    last: Box::new(error),
+                });
+            }
+            let delay = if immediate {
+                Duration::ZERO
+            } else {
+                match retry_after {
+                    Some(d) => d.min(self.retry_after_cap),
+                    None => backoff_delay(self.backoff_base, self.backoff_max, attempt - 1),
+                }
+            };
+            debug!(
+                uri,
+                attempt,
+                delay_ms = delay.as_millis() as u64,
+                kept = sink.len(),
+                cause = %error,
+                "retrying"
+            );
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Err(FetchError::Cancelled),
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One HTTP request: resumes the partial file when `validator` allows it.
+    async fn attempt(
+        &self,
+        url: &Url,
+        uri: &str,
+        sink: &mut Sink,
+        limit: Option<u64>,
+        validator: &mut Option<String>,
+        cancel: &CancellationToken,
+    ) -> Result<(), AttemptError> {
+        let offset = sink.len();
+        let resume = offset > 0 && validator.is_some();
+        if offset > 0 && !resume {
+            sink.reset().await?;
+        }
+        let mut request = self.client.get(url.clone());
+        if let (true, Some(v)) = (resume, validator.as_deref()) {
+            request = request
+                .header(header::RANGE, format!("bytes={offset}-"))
+                .header(header::IF_RANGE, v);
+        }
+        let waited = self.connect_timeout + self.idle_timeout;
+        let response = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(FetchError::Cancelled.into()),
+            r = tokio::time::timeout(waited, request.send()) => r,
+        };
+        let response = match response {
+            Err(_) => {
+                return Err(AttemptError::retry(FetchError::HeaderTimeout {
+                    uri: uri.to_owned(),
+                    waited,
+                }));
+            }
+            Ok(Err(e)) => return Err(classify(uri, &e)),
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status();
+        let headers = response.headers();
+        let next_validator = resume_validator(headers);
+        if status == StatusCode::PARTIAL_CONTENT {
+            let start = content_range_start(headers);
+            let wanted = if resume { offset } else { 0 };
+            if start != Some(wanted) {
+                let detail = format!(
+                    "asked for bytes from {wanted}, got Content-Range {:?}",
+                    headers
+                        .get(header::CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                );
+                warn!(uri, detail, "restarting from zero");
+                sink.reset().await?;
+                *validator = None;
+                return Err(AttemptError::Retry {
+                    error: FetchError::BadRange {
+                        uri: uri.to_owned(),
+                        detail,
+                    },
+                    retry_after: None,
+                    immediate: true,
+                });
+            }
+            *validator = next_validator.or(validator.take());
+        } else if status.is_success() {
+            if sink.len() > 0 {
+                debug!(uri, "server sent the whole file; restarting from zero");
+                sink.reset().await?;
+            }
+            *validator = next_validator;
+        } else if status == StatusCode::RANGE_NOT_SATISFIABLE && resume {
+            sink.reset().await?;
+            *validator = None;
+            return Err(AttemptError::Retry {
+                error: FetchError::BadRange {
+                    uri: uri.to_owned(),
+                    detail: format!("416 for bytes from {offset}"),
+                },
+                retry_after: None,
+                immediate: true,
+            });
+        } else {
+            let error = FetchError::Status {
+                uri: uri.to_owned(),
+                status,
+            };
+            if is_retryable(status) {
+                let retry_after = headers
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                return Err(AttemptError::Retry {
+                    error,
+                    retry_after,
+                    immediate: false,
+                });
+            }
+            return Err(AttemptError::Fatal(error));
+        }
+
+        let expected_total = response.content_length().map(|n| sink.len() + n);
+        if let (Some(limit), Some(total)) = (limit, expected_total)
+            && total > limit
+        {
+            return Err(FetchError::TooLarge {
+                uri: uri.to_owned(),
+                limit,
+                declared: Some(total),
+            }
+            .into());
+        }
+        let mut body = response.bytes_stream();
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Err(FetchError::Cancelled.into()),
+                next = tokio::time::timeout(self.idle_timeout, body.next()) => next,
+            };
+            match next {
+                Err(_) => {
+                    return Err(AttemptError::retry(FetchError::IdleTimeout {
+                        uri: uri.to_owned(),
+                        idle: self.idle_timeout,
+                        got: sink.len(),
+                    }));
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    let detail = error_chain(&e);
+                    let error = match expected_total {
+                        Some(expected) => FetchError::Truncated {
+                            uri: uri.to_owned(),
+                            expected,
+                            got: sink.len(),
+                            detail: Some(detail),
+                        },
+                        None => FetchError::Network {
+                            uri: uri.to_owned(),
+                            detail: format!("body broke after {} bytes: {detail}", sink.len()),
+                        },
+                    };
+                    return Err(AttemptError::retry(error));
+                }
+                Ok(Some(Ok(chunk))) => {
+                    if let Some(limit) = limit
+                        && sink.len() + chunk.len() as u64 > limit
+                    {
+                        return Err(FetchError::TooLarge {
+                            uri: uri.to_owned(),
+                            limit,
+                            declared: None,
+                        }
+                        .into());
+                    }
+                    sink.write(&chunk).await?;
+                }
+            }
+        }
+        if let Some(expected) = expected_total
+            && sink.len() != expected
+        {
+            return Err(AttemptError::retry(FetchError::Truncated {
+                uri: uri.to_owned(),
+                expected,
+                got: sink.len(),
+                detail: None,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Copies a local file (no retries: local errors do not go away by waiting).
+    async fn fill_file(
+        &self,
+        path: &Path,
+        uri: &str,
+        sink: &mut Sink,
+        limit: Option<u64>,
+        cancel: &CancellationToken,
+    ) -> Result<(), FetchError> {
+        let io = |op, source| FetchError::Io {
+            op,
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| io("open", e))?;
+        let meta = file.metadata().await.map_err(|e| io("inspect", e))?;
+        if !meta.is_file() {
+            return Err(io("read", std::io::Error::other("not a regular file")));
+        }
+        if let Some(limit) = limit
+            && meta.len() > limit
+        {
+            return Err(FetchError::TooLarge {
+                uri: uri.to_owned(),
+                limit,
+                declared: Some(meta.len()),
+            });
+        }
+        let mut buf = vec![0u8; WRITE_CHUNK];
+        loop {
+            let n = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Err(FetchError::Cancelled),
+                n = file.read(&mut buf) => n.map_err(|e| io("read", e))?,
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            if let Some(limit) = limit
+                && sink.len() + n as u64 > limit
+            {
+                return Err(FetchError::TooLarge {
+                    uri: uri.to_owned(),
+                    limit,
+                    declared: None,
+                });
+            }
+            sink.write(&buf[..n]).await?;
+        }
+    }
+}
+
+/// Sorts a reqwest error from `send` into retry or fail.
+fn classify(uri: &str, e: &reqwest::Error) -> AttemptError {
+    let detail = error_chain(e);
+    if e.is_redirect() || e.is_builder() {
+        return AttemptError::Fatal(FetchError::Request {
+            uri: uri.to_owned(),
+            detail,
+        });
+    }
+    AttemptError::retry(FetchError::Network {
+        uri: uri.to_owned(),
+        detail,
+    })
+}
+
+/// An error and its causes, joined with `": "`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Whether an HTTP status is worth another attempt: 408, 429 and 5xx except 501 and 505.
+pub(crate) fn is_retryable(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 429)
+        || (status.is_server_error()
+            && status != StatusCode::NOT_IMPLEMENTED
+            && status != StatusCode::HTTP_VERSION_NOT_SUPPORTED)
+}
+
+/// The delay before retry `retry` (0-based): random in `0..=min(max, base * 2^retry)`.
+pub(crate) fn backoff_delay(base: Duration, max: Duration, retry: u32) -> Duration {
+    let factor = 2u32.checked_pow(retry).unwrap_or(u32::MAX);
+    let ceiling = base.checked_mul(factor).unwrap_or(max).min(max);
+    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(fastrand::u64(0..=nanos))
+}
+
+/// A `Retry-After` value: delta-seconds or an HTTP date (relative to `now`; a date in the
+/// past is zero). `None` when it is neither.
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The `If-Range` value to resume with, when the response allows resuming: it has
+/// `Accept-Ranges: bytes` and a strong ETag (preferred) or a Last-Modified date.
+fn resume_validator(headers: &HeaderMap) -> Option<String> {
+    let ranges = headers
+        .get_all(header::ACCEPT_RANGES)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("bytes"));
+    if !ranges {
+        return None;
+    }
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &header::HeaderValue| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    match text(header::ETAG) {
+        Some(etag) if !etag.starts_with("W/") => Some(etag.to_owned()),
+        _ => text(header::LAST_MODIFIED).map(str::to_owned),
+    }
+}
+
+/// The first byte position of a `Content-Range: bytes <start>-<end>/<len>` header.
+fn content_range_start(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get(header::CONTENT_RANGE)?.to_str().ok()?.trim();
+    let rest = value.strip_prefix("bytes")?.trim_start();
+    let (start, _) = rest.split_once('-')?;
+    start.trim().parse().ok()
+}
+
+/// The first whitespace-separated token of `body` that is `kind.hex_len()` hex digits,
+/// lower-cased. Accepts `md5sum`/`sha256sum` output (`HEX  name`, `HEX *name`, `\HEX`),
+/// BSD style (`MD5 (name) = HEX`) and a bare digest.
+pub(crate) fn parse_checksum(body: &[u8], kind: ChecksumType) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
+    text.split_whitespace()
+        .map(|token| token.strip_prefix('\\').unwrap_or(token))
+        .find(|token| token.len() == kind.hex_len() && token.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_ascii_lowercase)
+}
+
+/// SHA-256 of a file, lower-case hex (blocking).
+pub(crate) fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; WRITE_CHUNK];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex::encode(hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Removes a file, ignoring "not found" and logging anything else.
+pub(crate) async fn remove_quietly(path: &Path) {
+    match tokio::fs::remove_file(path).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warn!(path = %path.display(), cause = %e, "cannot remove temporary file"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Delta-seconds and HTTP dates parse; garbage does not; past dates are zero.
+    #[test]
+    fn retry_after_parses_both_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-3", now), None);
+    }
+
+    /// Full jitter stays within `0..=min(max, base * 2^k)`, also for huge `k`.
+    #[test]
+    fn backoff_is_bounded() {
+        let base = Duration::from_millis(250);
+        let max = Duration::from_secs(30);
+        for retry in 0..40 {
+            let ceiling = if retry < 20 {
+                (base * 2u32.pow(retry)).min(max)
+            } else {
+                max
+            };
+            for _ in 0..50 {
+                let d = backoff_delay(base, max, retry);
+                assert!(d <= ceiling, "retry {retry}: {d:?} > {ceiling:?}");
+            }
+        }
+        assert_eq!(backoff_delay(Duration::ZERO, max, 3), Duration::ZERO);
+        assert!(backoff_delay(Duration::MAX, Duration::from_secs(1), 60) <= Duration::from_secs(1));
+    }
+
+    /// The retryable statuses are exactly 408, 429 and 5xx but 501 and 505.
+    #[test]
+    fn retryable_statuses() {
+        for code in [408, 429, 500, 502, 503, 504, 507, 599] {
+            assert!(is_retryable(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+        for code in [400, 401, 403, 404, 410, 416, 501, 505, 301, 304] {
+            assert!(!is_retryable(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+    }
+
+    /// Checksum files in the usual shapes give the first digest of the right length.
+    #[test]
+    fn checksum_files_parse() {
+        let md5 = "d41d8cd98f00b204e9800998ecf8427e";
+        let sha = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let md5_kind = ChecksumType::Md5;
+        let sha_kind = ChecksumType::Sha256;
+        assert_eq!(
+            parse_checksum(md5.as_bytes(), md5_kind).as_deref(),
+            Some(md5)
+        );
+        let line = format!("{}  boot.img\n", md5.to_uppercase());
+        assert_eq!(
+            parse_checksum(line.as_bytes(), md5_kind).as_deref(),
+            Some(md5)
+        );
+        let binary = format!("{md5} *boot.img\r\n");
+        assert_eq!(
+            parse_checksum(binary.as_bytes(), md5_kind).as_deref(),
+            Some(md5)
+        );
+        let bsd = format!("SHA256 (boot.img) = {sha}\n");
+        assert_eq!(
+            parse_checksum(bsd.as_bytes(), sha_kind).as_deref(),
+            Some(sha)
+        );
+        let escaped = format!("\\{sha}  boot\\nimg\n");
+        assert_eq!(
+            parse_checksum(escaped.as_bytes(), sha_kind).as_deref(),
+            Some(sha)
+        );
+        let both = format!("{md5}  a\n{sha}  b\n");
+        assert_eq!(
+            parse_checksum(both.as_bytes(), sha_kind).as_deref(),
+            Some(sha)
+        );
+        assert_eq!(parse_checksum(sha.as_bytes(), md5_kind), None);
+        assert_eq!(parse_checksum(b"", md5_kind), None);
+        assert_eq!(parse_checksum(b"not a digest", md5_kind), None);
+    }
+
+    /// Only `Accept-Ranges: bytes` with a strong ETag or a Last-Modified allows resuming.
+    #[test]
+    fn resume_needs_ranges_and_a_validator() {
+        let mut h = HeaderMap::new();
+        h.insert(header::ETAG, "\"abc\"".parse().unwrap());
+        assert_eq!(resume_validator(&h), None);
+        h.insert(header::ACCEPT_RANGES, "bytes".parse().unwrap());
+        assert_eq!(resume_validator(&h).as_deref(), Some("\"abc\""));
+        h.insert(header::ETAG, "W/\"abc\"".parse().unwrap());
+        assert_eq!(resume_validator(&h), None);
+        h.insert(
+            header::LAST_MODIFIED,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(
+            resume_validator(&h).as_deref(),
+            Some("Wed, 21 Oct 2015 07:28:00 GMT")
+        );
+        h.insert(header::ACCEPT_RANGES, "none".parse().unwrap());
+        assert_eq!(resume_validator(&h), None);
+    }
+
+    /// Content-Range starts parse.
+    #[test]
+    fn content_range_parses() {
+        let mut h = HeaderMap::new();
+        assert_eq!(content_range_start(&h), None);
+        h.insert(header::CONTENT_RANGE, "bytes 100-199/200".parse().unwrap());
+        assert_eq!(content_range_start(&h), Some(100));
+        h.insert(header::CONTENT_RANGE, "bytes 0-9/*".parse().unwrap());
+        assert_eq!(content_range_start(&h), Some(0));
+        h.insert(header::CONTENT_RANGE, "bytes */200".parse().unwrap());
+        assert_eq!(content_range_start(&h), None);
+    }
+
+    /// Only http, https and (when allowed) local file URIs are sources.
+    #[test]
+    fn sources_are_checked() {
+        assert!(matches!(
+            Source::parse("http://127.0.0.1:8080/a", true),
+            Ok(Source::Http(_))
+        ));
+        assert!(matches!(
+            Source::parse("https://example.com/a", false),
+            Ok(Source::Http(_))
+        ));
+        assert!(matches!(
+            Source::parse("file:///tmp/a", true),
+            Ok(Source::File(_))
+        ));
+        assert!(matches!(
+            Source::parse("file:///tmp/a", false),
+            Err(SourceError::Scheme { .. })
+        ));
+        assert!(matches!(
+            Source::parse("file://remote/tmp/a", true),
+            Err(SourceError::Invalid(_))
+        ));
+        for bad in ["ftp://x/a", "gopher://x", "data:,hello"] {
+            assert!(
+                matches!(Source::parse(bad, true), Err(SourceError::Scheme { .. })),
+                "{bad}"
+            );
+        }
+        for bad in ["", "  ", "not a uri", "/etc/passwd", "http://"] {
+            assert!(
+                matches!(Source::parse(bad, true), Err(SourceError::Invalid(_))),
+                "{bad}"
+            );
+        }
+    }
+}
