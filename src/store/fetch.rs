@@ -449,7 +449,7 @@ impl Sink {
         Sink {
             target: Target::File(Some(file)),
             hashes: Some(Hashes::new(md5)),
-            pending: Vec::with_capacity(WRITE_CHUNK),
+            pending: Vec::new(),
             len: 0,
             md5,
             path: path.to_owned(),

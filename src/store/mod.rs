@@ -734,3 +734,6 @@ where
             source: std::io::Error::other(e.to_string()),
         })?
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,820 @@
+//! Unit tests of the whole store against a tiny scripted HTTP server on 127.0.0.1 (the
+//! full fault suite lives in `tests/`).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::model::{ArtifactStatus, ChecksumType};
+
+/// What the server does for one request.
+#[derive(Clone, Default)]
+struct Reply {
+    /// Status line, e.g. `"200 OK"`.
+    status: &'static str,
+    /// Extra headers.
+    headers: Vec<(String, String)>,
+    /// The body.
+    body: Vec<u8>,
+    /// Content-Length to announce (default: the body's length).
+    length: Option<usize>,
+    /// Stop sending (and close) after this many body bytes.
+    cut: Option<usize>,
+    /// Send the headers, then nothing, forever.
+    stall: bool,
+    /// Send no Content-Length: the body ends when the connection closes.
+    no_length: bool,
+}
+
+impl Reply {
+    fn ok(body: &[u8]) -> Reply {
+        Reply {
+            status: "200 OK",
+            body: body.to_vec(),
+            ..Reply::default()
+        }
+    }
+    fn status(status: &'static str) -> Reply {
+        Reply {
+            status,
+            ..Reply::default()
+        }
+    }
+    fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// A server that answers each request with the next scripted reply (the last one repeats)
+/// and records the request heads.
+struct Server {
+    url: String,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    async fn start(replies: Vec<Reply>) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(VecDeque::from(replies)));
+        let seen = Arc::clone(&requests);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let script = Arc::clone(&script);
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    loop {
+                        let mut head = Vec::new();
+                        let mut byte = [0u8; 1];
+                        while !head.ends_with(b"\r\n\r\n") {
+                            match socket.read(&mut byte).await {
+                                Ok(1) => head.push(byte[0]),
+                                _ => return,
+                            }
+                        }
+                        seen.lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&head).into_owned());
+                        let reply = {
+                            let mut script = script.lock().unwrap();
+                            if script.len() > 1 {
+                                script.pop_front().unwrap()
+                            } else {
+                                script.front().cloned().unwrap()
+                            }
+                        };
+                        let length = reply.length.unwrap_or(reply.body.len());
+                        let mut out = if reply.no_length {
+                            format!("HTTP/1.1 {}\r\nConnection: close\r\n", reply.status)
+                        } else {
+                            format!("HTTP/1.1 {}\r\nContent-Length: {length}\r\n", reply.status)
+                        };
+                        for (name, value) in &reply.headers {
+                            out.push_str(&format!("{name}: {value}\r\n"));
+                        }
+                        out.push_str("\r\n");
+                        if socket.write_all(out.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        if reply.stall {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            return;
+                        }
+                        let end = reply.cut.unwrap_or(reply.body.len()).min(reply.body.len());
+                        if socket.write_all(&reply.body[..end]).await.is_err() {
+                            return;
+                        }
+                        if reply.no_length || reply.cut.is_some() || end < length {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Server { url, requests }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.url)
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn data(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+async fn store(dir: &Path) -> Store {
+    Store::builder()
+        .backoff_base(Duration::from_millis(1))
+        .backoff_max(Duration::from_millis(5))
+        .idle_timeout(Duration::from_millis(500))
+        .max_attempts(3)
+        .fsync(false)
+        .open(dir)
+        .await
+        .expect("open")
+}
+
+/// Changes of one path until its terminal status.
+async fn until_terminal(
+    rx: &mut mpsc::Receiver<ArtifactStatusChange>,
+) -> Vec<ArtifactStatusChange> {
+    let mut out = Vec::new();
+    loop {
+        let change = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("a status in time")
+            .expect("collector open");
+        let done = change.status.is_terminal();
+        out.push(change);
+        if done {
+            return out;
+        }
+    }
+}
+
+/// Temporary files left anywhere under the root.
+fn temp_files(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.to_str().is_some_and(|p| p.ends_with(".part")) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+fn image(job: u64, alias: &str, uri: &str) -> ArtifactDescription {
+    ArtifactDescription::new(JobId(job), ArtifactType::Image, alias, uri)
+}
+
+/// A plain download goes PENDING, DOWNLOADING, READY; the file and the row agree.
+#[tokio::test]
+async fn downloads_and_records() {
+    let body = data(700_000);
+    let server = Server::start(vec![Reply::ok(&body)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let path = store
+        .push_artifact(image(3, "Image_0", &server.url("boot.img")), tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        path.as_path(),
+        store.root().join("jobs/3/image/Image_0").as_path()
+    );
+    let statuses: Vec<_> = until_terminal(&mut rx)
+        .await
+        .into_iter()
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ArtifactStatus::Pending,
+            ArtifactStatus::Downloading,
+            ArtifactStatus::Ready
+        ]
+    );
+    assert_eq!(std::fs::read(path.as_path()).unwrap(), body);
+    let record = store.info(&path).await.unwrap().unwrap();
+    assert_eq!(record.status, ArtifactStatus::Ready);
+    assert_eq!(record.size, Some(body.len() as u64));
+    assert_eq!(record.sha256.as_deref(), Some(sha256_hex(&body).as_str()));
+    assert_eq!(record.alias, "Image_0");
+    assert!(temp_files(dir.path()).is_empty());
+}
+
+/// A 404 fails at once, with the status in the reason; no file is left.
+#[tokio::test]
+async fn not_found_fails_at_once() {
+    let server = Server::start(vec![Reply::status("404 Not Found")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let uri = server.url("missing");
+    let path = store.push_artifact(image(1, "a", &uri), tx).await.unwrap();
+    let last = until_terminal(&mut rx).await.pop().unwrap();
+    assert_eq!(last.status, ArtifactStatus::Failed);
+    assert_eq!(
+        last.reason.as_deref(),
+        Some(format!("HTTP 404 Not Found from {uri}").as_str())
+    );
+    assert_eq!(server.requests().len(), 1);
+    assert!(!path.as_path().exists());
+    let record = store.info(&path).await.unwrap().unwrap();
+    assert_eq!(record.error, last.reason);
+}
+
+/// 503 and 429 (with Retry-After: 0) are retried.
+#[tokio::test]
+async fn retries_server_errors() {
+    let body = data(1000);
+    let server = Server::start(vec![
+        Reply::status("503 Service Unavailable"),
+        Reply::status("429 Too Many Requests").header("Retry-After", "0"),
+        Reply::ok(&body),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let path = store
+        .push_artifact(image(1, "a", &server.url("f")), tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        until_terminal(&mut rx).await.pop().unwrap().status,
+        ArtifactStatus::Ready
+    );
+    assert_eq!(server.requests().len(), 3);
+    assert_eq!(std::fs::read(path.as_path()).unwrap(), body);
+}
+
+/// A body cut short without range support is retried from zero and then fails as
+/// truncated; nothing is left behind.
+#[tokio::test]
+async fn truncated_body_never_becomes_ready() {
+    let body = data(50_000);
+    let mut cut = Reply::ok(&body);
+    cut.cut = Some(20_000);
+    let server = Server::start(vec![cut]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let path = store
+        .push_artifact(image(1, "a", &server.url("f")), tx)
+        .await
+        .unwrap();
+    let last = until_terminal(&mut rx).await.pop().unwrap();
+    assert_eq!(last.status, ArtifactStatus::Failed);
+    let reason = last.reason.unwrap();
+    assert!(
+        reason.contains("truncated") && reason.contains("expected 50000 bytes, got 20000"),
+        "{reason}"
+    );
+    assert!(reason.contains("gave up after 3 attempts"), "{reason}");
+    assert_eq!(server.requests().len(), 3);
+    assert!(server.requests().iter().all(|r| !r.contains("range:")));
+    assert!(!path.as_path().exists());
+    assert!(temp_files(dir.path()).is_empty());
+}
+
+/// A broken transfer resumes with Range + If-Range and the digest covers the whole file.
+#[tokio::test]
+async fn resumes_with_range() {
+    let body = data(300_000);
+    let mut first = Reply::ok(&body)
+        .header("Accept-Ranges", "bytes")
+        .header("ETag", "\"v1\"");
+    first.cut = Some(123_456);
+    let rest = Reply {
+        status: "206 Partial Content",
+        body: body[123_456..].to_vec(),
+        ..Reply::default()
+    }
+    .header("Content-Range", "bytes 123456-299999/300000")
+    .header("ETag", "\"v1\"");
+    let server = Server::start(vec![first, rest]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let path = store
+        .push_artifact(image(1, "a", &server.url("f")), tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        until_terminal(&mut rx).await.pop().unwrap().status,
+        ArtifactStatus::Ready
+    );
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    let second = requests[1].to_ascii_lowercase();
+    assert!(second.contains("range: bytes=123456-"), "{second}");
+    assert!(second.contains("if-range: \"v1\""), "{second}");
+    assert_eq!(std::fs::read(path.as_path()).unwrap(), body);
+    let record = store.info(&path).await.unwrap().unwrap();
+    assert_eq!(record.sha256.unwrap(), sha256_hex(&body));
+}
+
+/// A 206 that starts elsewhere restarts from zero.
+#[tokio::test]
+async fn bad_content_range_restarts() {
+    let body = data(100_000);
+    let mut first = Reply::ok(&body)
+        .header("Accept-Ranges", "bytes")
+        .header("ETag", "\"v1\"");
+    first.cut = Some(40_000);
+    let wrong = Reply {
+        status: "206 Partial Content",
+        body: body[10_000..].to_vec(),
+        ..Reply::default()
+    }
+    .header("Content-Range", "bytes 10000-99999/100000");
+    let server = Server::start(vec![first, wrong, Reply::ok(&body)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::builder()
+        .backoff_base(Duration::from_millis(1))
+        .max_attempts(5)
+        .fsync(false)
+        .open(dir.path())
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    let path = store
+        .push_artifact(image(1, "a", &server.url("f")), tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        until_terminal(&mut rx).await.pop().unwrap().status,
+        ArtifactStatus::Ready
+    );
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3);
+    assert!(!requests[2].to_ascii_lowercase().contains("range:"));
+    assert_eq!(std::fs::read(path.as_path()).unwrap(), body);
+}
+
+/// Expected sha256 and md5 checksum files are checked, with the exact reasons.
+#[tokio::test]
+async fn verifies_digests() {
+    let body = data(10_000);
+    let md5 = hex::encode(md5::Md5::digest(&body));
+    let server = Server::start(vec![Reply::ok(&body)]).await;
+    let sums = Server::start(vec![Reply::ok(format!("{md5}  boot.img\n").as_bytes())]).await;
+    let bad_sums = Server::start(vec![Reply::ok(
+        b"00000000000000000000000000000000  boot.img\n",
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut d = image(1, "good", &server.url("f"));
+    d.checksum = Some(ChecksumSource {
+        uri: sums.url("f.md5"),
+        kind: ChecksumType::Md5,
+    });
+    d.sha256 = Some(sha256_hex(&body).to_uppercase());
+    store.push_artifact(d, tx).await.unwrap();
+    assert_eq!(
+        until_terminal(&mut rx).await.pop().unwrap().status,
+        ArtifactStatus::Ready
+    );
+
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut d = image(1, "bad-md5", &server.url("f"));
+    let bad_uri = bad_sums.url("f.md5");
+    d.checksum = Some(ChecksumSource {
+        uri: bad_uri.clone(),
+        kind: ChecksumType::Md5,
+    });
+    let path = store.push_artifact(d, tx).await.unwrap();
+    let last = until_terminal(&mut rx).await.pop().unwrap();
+    assert_eq!(
+        last.reason.as_deref(),
+        Some(
+            format!(
+                "md5 mismatch (checksum file {bad_uri}): expected 00000000000000000000000000000000, got {md5}"
+            )
+            .as_str()
+        )
+    );
+    assert!(!path.as_path().exists());
+
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut d = image(1, "bad-sha", &server.url("f"));
+    let zeros = "0".repeat(64);
+    d.sha256 = Some(zeros.clone());
+    store.push_artifact(d, tx).await.unwrap();
+    let last = until_terminal(&mut rx).await.pop().unwrap();
+    assert_eq!(
+        last.reason.unwrap(),
+        format!(
+            "sha256 mismatch: expected {zeros}, got {}",
+            sha256_hex(&body)
+        )
+    );
+    assert!(temp_files(dir.path()).is_empty());
+}
+
+/// A Content-Length over the limit fails before writing; so does a body that grows past it.
+#[tokio::test]
+async fn size_limit() {
+    let body = data(5000);
+    let server = Server::start(vec![Reply::ok(&body)]).await;
+    let unannounced = Server::start(vec![Reply {
+        no_length: true,
+        ..Reply::ok(&body)
+    }])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::builder()
+        .max_size(Some(1000))
+        .fsync(false)
+        .open(dir.path())
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    store
+        .push_artifact(image(1, "a", &server.url("f")), tx)
+        .await
+        .unwrap();
+    let reason = until_terminal(&mut rx).await.pop().unwrap().reason.unwrap();
+    assert!(reason.contains("exceeds size limit"), "{reason}");
+    assert!(reason.contains("Content-Length 5000"), "{reason}");
+    assert_eq!(server.requests().len(), 1);
+
+    let (tx, mut rx) = mpsc::channel(16);
+    store
+        .push_artifact(image(1, "b", &unannounced.url("f")), tx)
+        .await
+        .unwrap();
+    let reason = until_terminal(&mut rx).await.pop().unwrap().reason.unwrap();
+    assert!(reason.contains("exceeds size limit"), "{reason}");
+    assert!(reason.contains("grew past"), "{reason}");
+    assert_eq!(unannounced.requests().len(), 1);
+    assert!(temp_files(dir.path()).is_empty());
+
+    // Without a limit, a close-delimited body is complete.
+    store.close().await;
+    drop(store);
+    let free = store_with_defaults(dir.path()).await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let path = free
+        .push_artifact(image(1, "c", &unannounced.url("f")), tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        until_terminal(&mut rx).await.pop().unwrap().status,
+        ArtifactStatus::Ready
+    );
+    assert_eq!(std::fs::read(path.as_path()).unwrap(), body);
+}
+
+async fn store_with_defaults(dir: &Path) -> Store {
+    Store::open(dir).await.expect("open")
+}
+
+/// Cancelling a job stops a stalled transfer and a queued one, promptly, with "cancelled".
+#[tokio::test]
+async fn cancel_stops_running_and_queued() {
+    let stall = Reply {
+        stall: true,
+        ..Reply::ok(&data(1000))
+    };
+    let server = Server::start(vec![stall]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::builder()
+        .workers(1)
+        .fsync(false)
+        .open(dir.path())
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    let running = store
+        .push_artifact(image(9, "a", &server.url("a")), tx.clone())
+        .await
+        .unwrap();
+    let queued = store
+        .push_artifact(image(9, "b", &server.url("b")), tx)
+        .await
+        .unwrap();
+    // Wait until the first one is running.
+    loop {
+        let c = rx.recv().await.unwrap();
+        if c.path == running && c.status == ArtifactStatus::Downloading {
+            break;
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(5), store.cancel_job(JobId(9)))
+        .await
+        .expect("prompt")
+        .unwrap();
+    assert!(temp_files(dir.path()).is_empty());
+    let mut failed = Vec::new();
+    while failed.len() < 2 {
+        let c = rx.recv().await.unwrap();
+        if c.status == ArtifactStatus::Failed {
+            assert_eq!(c.reason.as_deref(), Some(REASON_CANCELLED));
+            failed.push(c.path);
+        }
+    }
+    failed.sort();
+    let mut want = vec![running.clone(), queued.clone()];
+    want.sort();
+    assert_eq!(failed, want);
+    for path in [running, queued] {
+        let record = store.info(&path).await.unwrap().unwrap();
+        assert_eq!(record.status, ArtifactStatus::Failed);
+        assert_eq!(record.error.as_deref(), Some(REASON_CANCELLED));
+    }
+}
+
+/// A stall is an idle timeout (retried, then FAILED).
+#[tokio::test]
+async fn idle_timeout() {
+    let stall = Reply {
+        stall: true,
+        ..Reply::ok(&data(1000))
+    };
+    let server = Server::start(vec![stall]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::builder()
+        .idle_timeout(Duration::from_millis(100))
+        .backoff_base(Duration::from_millis(1))
+        .max_attempts(2)
+        .fsync(false)
+        .open(dir.path())
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    store
+        .push_artifact(image(1, "a", &server.url("f")), tx)
+        .await
+        .unwrap();
+    let reason = until_terminal(&mut rx).await.pop().unwrap().reason.unwrap();
+    assert!(reason.starts_with("idle timeout"), "{reason}");
+    assert!(reason.contains("gave up after 2 attempts"), "{reason}");
+}
+
+/// Bad descriptions are refused at push time and nothing is recorded.
+#[tokio::test]
+async fn refuses_bad_descriptions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::builder()
+        .allow_file_scheme(false)
+        .open(dir.path())
+        .await
+        .unwrap();
+    let (tx, _rx) = mpsc::channel(16);
+    for (alias, uri, needle) in [
+        ("../x", "http://127.0.0.1/x", "\"../x\""),
+        ("a", "ftp://127.0.0.1/x", "ftp://127.0.0.1/x"),
+        ("a", "file:///etc/passwd", "file:///etc/passwd"),
+        ("a", "not a uri", "not a uri"),
+    ] {
+        let err = store
+            .push_artifact(image(1, alias, uri), tx.clone())
+            .await
+            .expect_err(uri);
+        assert!(err.to_string().contains(needle), "{err}");
+        assert!(err.downcast_ref::<StoreError>().is_some());
+    }
+    let page = store
+        .list(ArtifactFilter::default(), Page::default())
+        .await
+        .unwrap();
+    assert_eq!(page.total, 0);
+}
+
+/// file:// copies; repeated aliases get distinct paths; create_artifact records a row.
+#[tokio::test]
+async fn file_scheme_and_unique_paths() {
+    let src = tempfile::tempdir().unwrap();
+    let body = data(600_000);
+    let file = src.path().join("src.bin");
+    std::fs::write(&file, &body).unwrap();
+    let uri = url::Url::from_file_path(&file).unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let first = store
+        .push_artifact(image(2, "same", &uri), tx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        until_terminal(&mut rx).await.pop().unwrap().status,
+        ArtifactStatus::Ready
+    );
+    let second = store
+        .push_artifact(image(2, "same", &uri), tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        until_terminal(&mut rx).await.pop().unwrap().status,
+        ArtifactStatus::Ready
+    );
+    assert_ne!(first, second);
+    assert!(second.as_str().ends_with("same~1"), "{second}");
+    assert_eq!(std::fs::read(second.as_path()).unwrap(), body);
+
+    let pulled = store
+        .create_artifact(ArtifactDescription::new(
+            JobId(2),
+            ArtifactType::Result,
+            "result.log",
+            "",
+        ))
+        .await
+        .unwrap();
+    assert!(pulled.as_path().parent().unwrap().is_dir());
+    assert!(!pulled.as_path().exists());
+    let record = store.info(&pulled).await.unwrap().unwrap();
+    assert_eq!(record.status, ArtifactStatus::Pending);
+    assert_eq!(record.kind, ArtifactType::Result);
+}
+
+/// list filters and pages by keyset with total and remaining counts.
+#[tokio::test]
+async fn list_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    for job in 1..=3u64 {
+        for i in 0..5 {
+            let kind = if i % 2 == 0 {
+                ArtifactType::Result
+            } else {
+                ArtifactType::Test
+            };
+            store
+                .create_artifact(ArtifactDescription::new(
+                    JobId(job),
+                    kind,
+                    format!("f{i}"),
+                    "",
+                ))
+                .await
+                .unwrap();
+        }
+    }
+    let all = store
+        .list(ArtifactFilter::default(), Page::default())
+        .await
+        .unwrap();
+    assert_eq!((all.total, all.remaining, all.next), (15, 0, None));
+    assert_eq!(all.records.len(), 15);
+
+    let filter = ArtifactFilter {
+        job: Some(JobId(2)),
+        ..ArtifactFilter::default()
+    };
+    let mut after = None;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list(filter.clone(), Page { after, limit: 2 })
+            .await
+            .unwrap();
+        pages += 1;
+        assert_eq!(page.total, 5);
+        seen.extend(page.records.iter().map(|r| r.alias.clone()));
+        assert_eq!(page.remaining as usize, 5 - seen.len());
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, ["f0", "f1", "f2", "f3", "f4"]);
+
+    let tests = store
+        .list(
+            ArtifactFilter {
+                kind: Some(ArtifactType::Test),
+                alias: Some("f1".into()),
+                status: Some(ArtifactStatus::Pending),
+                ..ArtifactFilter::default()
+            },
+            Page::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(tests.total, 3);
+    assert!(tests.records.iter().all(|r| r.alias == "f1"));
+    let none = store
+        .list(
+            ArtifactFilter {
+                status: Some(ArtifactStatus::Ready),
+                ..ArtifactFilter::default()
+            },
+            Page::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((none.total, none.records.len(), none.next), (0, 0, None));
+}
+
+/// Reopening after a crash: interrupted rows FAILED, temporary files and half-placed files
+/// removed, READY rows whose file vanished FAILED, created rows untouched.
+#[tokio::test]
+async fn recovers_after_crash() {
+    let body = data(1000);
+    let server = Server::start(vec![Reply::ok(&body)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ready, gone, created) = {
+        let store = store(dir.path()).await;
+        let (tx, mut rx) = mpsc::channel(16);
+        let ready = store
+            .push_artifact(image(1, "ready", &server.url("f")), tx.clone())
+            .await
+            .unwrap();
+        until_terminal(&mut rx).await;
+        let gone = store
+            .push_artifact(image(1, "gone", &server.url("f")), tx)
+            .await
+            .unwrap();
+        until_terminal(&mut rx).await;
+        let created = store
+            .create_artifact(ArtifactDescription::new(
+                JobId(1),
+                ArtifactType::Result,
+                "out",
+                "",
+            ))
+            .await
+            .unwrap();
+        std::fs::write(created.as_path(), b"job output").unwrap();
+        store.close().await;
+        (ready, gone, created)
+    };
+    std::fs::remove_file(gone.as_path()).unwrap();
+    // A transfer that was running when the process died: row DOWNLOADING, a temp file.
+    let (id, interrupted) = {
+        let layout = Layout::create(dir.path()).unwrap();
+        let (index, _) = Index::open(&layout, false).unwrap();
+        let dir = layout
+            .ensure_type_dir(JobId(1), ArtifactType::Image)
+            .unwrap();
+        let (id, path) = index
+            .insert(NewArtifact {
+                job: JobId(1),
+                kind: ArtifactType::Image,
+                alias: "running".into(),
+                uri: server.url("f"),
+                dir: dir.clone(),
+                pushed: true,
+            })
+            .await
+            .unwrap();
+        index
+            .update(StatusUpdate {
+                id,
+                status: ArtifactStatus::Downloading,
+                size: None,
+                sha256: None,
+                error: None,
+            })
+            .await
+            .unwrap();
+        std::fs::write(dir.join(paths::temp_name("running", id)), b"half").unwrap();
+        (id, ArtifactPath(path))
+    };
+    let store = store(dir.path()).await;
+    assert!(temp_files(dir.path()).is_empty());
+    let r = store.info(&interrupted).await.unwrap().unwrap();
+    assert_eq!((r.id, r.status), (id, ArtifactStatus::Failed));
+    assert_eq!(r.error.as_deref(), Some("interrupted"));
+    let r = store.info(&gone).await.unwrap().unwrap();
+    assert_eq!(r.status, ArtifactStatus::Failed);
+    assert_eq!(r.error.as_deref(), Some("missing after restart"));
+    let r = store.info(&ready).await.unwrap().unwrap();
+    assert_eq!(r.status, ArtifactStatus::Ready);
+    let r = store.info(&created).await.unwrap().unwrap();
+    assert_eq!(r.status, ArtifactStatus::Pending);
+    assert_eq!(std::fs::read(created.as_path()).unwrap(), b"job output");
+}
