@@ -621,11 +621,10 @@ impl Actor {
                 }
             }
             Event::PlanEnded { job, run, result } => {
-                if let Some(mut planning) = self.planning.remove(&run)
-                    && let Some(respond_to) = planning.respond_to.take()
-                {
-                    let _ = respond_to.send(Ok(()));
-                }
+                let respond_to = self
+                    .planning
+                    .remove(&run)
+                    .and_then(|mut planning| planning.respond_to.take());
                 self.forget_orphans_if_idle();
                 match result {
                     PlanResult::Saved => {
@@ -640,6 +639,10 @@ impl Actor {
                         }
                     }
                     PlanResult::Stopped => {}
+                }
+                // `download` returns only now, after the answer (if any) has been sent.
+                if let Some(respond_to) = respond_to {
+                    let _ = respond_to.send(Ok(()));
                 }
             }
             Event::StatusFailed { job, run, msg } => {
@@ -814,6 +817,14 @@ impl Actor {
     }
 
     fn handle_joined(&mut self, joined: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        // A task sends its events before it ends, but `select!` can still see its end
+        // first (the event branch was polled just before the task sent and returned).
+        // Handle those events now: otherwise a planning task would be dropped from
+        // `planning` before its `Registered` events, and `forget_orphans_if_idle` could
+        // drop a READY parked for one of its paths, leaving the job hanging.
+        while let Ok(event) = self.events.try_recv() {
+            self.handle_event(event);
+        }
         let (id, panic) = match joined {
             Ok((id, ())) => (id, None),
             Err(err) => {

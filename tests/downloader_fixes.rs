@@ -1,0 +1,459 @@
+//! One test for each fix of the Downloader over seed 000's `DownloaderImpl` (design.md,
+//! "Downloader contract", points 5 to 7), with hand-written fake collaborators. No test
+//! sleeps to wait for something: every wait is on a channel (or on `stats()`), with a
+//! timeout.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use artifact_coordinator::{
+    ArtifactStatus, ArtifactStatusChange, DownloadError, Downloader, INFO_FAILED, JobId,
+    Notification,
+};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use common::{
+    FakeController, FakeManager, Report, assert_no_notification, eventually_empty, is_idle, next,
+    next_notification, pulls_only_config, pushes_config, seed_config, stats, wait_stats,
+};
+
+/// Every status call recorded so far.
+fn drain(calls: &mut mpsc::UnboundedReceiver<(JobId, String)>) -> Vec<(JobId, String)> {
+    let mut out = Vec::new();
+    while let Ok(call) = calls.try_recv() {
+        out.push(call);
+    }
+    out
+}
+
+/// Waits until `(job, info)` reaches the controller; returns every call seen on the way.
+async fn wait_call(
+    calls: &mut mpsc::UnboundedReceiver<(JobId, String)>,
+    job: JobId,
+    info: &str,
+) -> Vec<(JobId, String)> {
+    wait_call_where(calls, job, &format!("{info:?}"), |i| i == info).await
+}
+
+/// Waits until a status call of `job` whose info matches reaches the controller; returns
+/// every call seen on the way.
+async fn wait_call_where(
+    calls: &mut mpsc::UnboundedReceiver<(JobId, String)>,
+    job: JobId,
+    what: &str,
+    matches: impl Fn(&str) -> bool,
+) -> Vec<(JobId, String)> {
+    let mut seen = Vec::new();
+    loop {
+        let call = next(calls, &format!("status {what} of job {job}")).await;
+        let done = call.0 == job && matches(&call.1);
+        seen.push(call);
+        if done {
+            return seen;
+        }
+    }
+}
+
+/// Checks a job's status infos: `""`, then one `"i / registered artifacts ready"` per
+/// READY with i counting up, ending with `"n / n artifacts ready"`. (As in seed 000, the
+/// total is the number of artifacts registered so far: a READY that arrives while the
+/// config is still being processed shows a smaller total.)
+fn assert_ready_infos(infos: &[String], n: usize) {
+    assert_eq!(infos.len(), n + 1, "{infos:?}");
+    assert_eq!(infos[0], "", "{infos:?}");
+    for (i, info) in infos[1..].iter().enumerate() {
+        let (ready, rest) = info
+            .split_once(" / ")
+            .unwrap_or_else(|| panic!("bad info {info:?}"));
+        let total = rest
+            .strip_suffix(" artifacts ready")
+            .unwrap_or_else(|| panic!("bad info {info:?}"));
+        let (ready, total): (usize, usize) = (ready.parse().unwrap(), total.parse().unwrap());
+        assert_eq!(ready, i + 1, "{infos:?}");
+        assert!(ready <= total && total <= n, "{infos:?}");
+    }
+    assert_eq!(infos[n], format!("{n} / {n} artifacts ready"), "{infos:?}");
+}
+
+/// The infos of `job`'s calls, in order.
+fn infos_of(calls: &[(JobId, String)], job: JobId) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|(j, _)| *j == job)
+        .map(|(_, info)| info.clone())
+        .collect()
+}
+
+/// `""` then `"1 / n artifacts ready"` .. `"n / n artifacts ready"`.
+fn ready_infos(n: usize) -> Vec<String> {
+    std::iter::once(String::new())
+        .chain((1..=n).map(|i| format!("{i} / {n} artifacts ready")))
+        .collect()
+}
+
+fn ok(job: JobId) -> Notification {
+    Notification {
+        job,
+        ok: true,
+        msg: String::new(),
+    }
+}
+
+/// Fix: a manager that reports READY before `push_artifact` returns (e.g. from its
+/// cache). Seed 000 dropped such a change (path not mapped yet) and the job hung; here it
+/// is parked until the path is registered, the job completes, and nothing leaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_reported_before_push_returns_still_completes() {
+    let job = JobId(1);
+    let manager = FakeManager::new(Report::Eager(ArtifactStatus::Ready));
+    let (controller, mut calls) = FakeController::new(seed_config());
+    let controller = Arc::new(controller);
+    let (downloader, mut notifications) = Downloader::new(controller.clone(), manager.clone());
+
+    downloader.download(job).await.unwrap();
+
+    assert_eq!(next_notification(&mut notifications).await, ok(job));
+    assert_eq!(infos_of(&drain(&mut calls), job), ready_infos(7));
+    let saved = controller.saved(job).expect("the config is saved");
+    assert!(saved.action.deploy.images[0].path.is_some());
+    assert!(saved.action.deploy.images[2].checksum_path.is_some());
+    assert_eq!(manager.paths(job).len(), 7);
+    eventually_empty(&downloader).await;
+    assert_no_notification(&mut notifications);
+    downloader.shutdown().await.unwrap();
+}
+
+/// Fix: the same with FAILED before `push_artifact` returns: the job fails, naming the
+/// artifact and the reason, once; nothing leaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_reported_before_push_returns_fails_the_job() {
+    let job = JobId(2);
+    let manager = FakeManager::new(Report::Eager(ArtifactStatus::Failed));
+    let (controller, mut calls) = FakeController::new(seed_config());
+    let (downloader, mut notifications) = Downloader::new(Arc::new(controller), manager.clone());
+
+    downloader.download(job).await.unwrap();
+
+    assert_eq!(
+        next_notification(&mut notifications).await,
+        Notification {
+            job,
+            ok: false,
+            msg: "failed to download artifact Image_0 (/store/2/image/Image_0): boom".into(),
+        }
+    );
+    eventually_empty(&downloader).await;
+    assert_eq!(
+        infos_of(&drain(&mut calls), job),
+        vec![String::new(), INFO_FAILED.to_owned()]
+    );
+    assert_no_notification(&mut notifications);
+    downloader.shutdown().await.unwrap();
+}
+
+/// Fix: a controller that does not read its notifications for a while never stalls the
+/// actor. Jobs run one after another while every answer stays unread; each job's status
+/// calls still reach the controller, and all answers arrive, in order, once read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_notifications_do_not_stall_the_actor() {
+    const JOBS: u64 = 200;
+    let manager = FakeManager::new(Report::Spawned);
+    let (controller, mut calls) = FakeController::new(pushes_config(3));
+    let (downloader, mut notifications) = Downloader::new(Arc::new(controller), manager);
+
+    for id in 1..=JOBS {
+        let job = JobId(id);
+        downloader.download(job).await.unwrap();
+        let seen = wait_call(&mut calls, job, "3 / 3 artifacts ready").await;
+        assert_ready_infos(&infos_of(&seen, job), 3);
+    }
+    // Every job was answered while nobody read.
+    let s = wait_stats(&downloader, "every job answered", |s| s.jobs == 0).await;
+    assert_eq!(s.planning, 0);
+
+    for id in 1..=JOBS {
+        assert_eq!(next_notification(&mut notifications).await, ok(JobId(id)));
+    }
+    eventually_empty(&downloader).await;
+    assert_no_notification(&mut notifications);
+    downloader.shutdown().await.unwrap();
+}
+
+/// Fix: a controller whose calls for job A take 200 ms each does not delay job B. B is
+/// started while A's first READY status call is in progress; B's OK comes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_controller_for_one_job_does_not_delay_another() {
+    let (a, b) = (JobId(10), JobId(20));
+    let manager = FakeManager::new(Report::Spawned);
+    let (controller, mut calls) = FakeController::new(pushes_config(2));
+    let controller = controller.slow(a, Duration::from_millis(200));
+    let (downloader, mut notifications) = Downloader::new(Arc::new(controller), manager);
+
+    let handle = downloader.clone();
+    let download_a = tokio::spawn(async move { handle.download(a).await });
+    let mut seen = wait_call_where(&mut calls, a, "first READY", |i| i.starts_with("1 / ")).await;
+
+    downloader.download(b).await.unwrap();
+    assert_eq!(next_notification(&mut notifications).await, ok(b));
+
+    assert_eq!(next_notification(&mut notifications).await, ok(a));
+    download_a.await.unwrap().unwrap();
+    seen.extend(drain(&mut calls));
+    assert_ready_infos(&infos_of(&seen, a), 2);
+    assert_ready_infos(&infos_of(&seen, b), 2);
+    eventually_empty(&downloader).await;
+    assert_no_notification(&mut notifications);
+    downloader.shutdown().await.unwrap();
+}
+
+/// Fix: `cancel(job)` while downloads are pending: the manager's `cancel_job` is called,
+/// the job's state is gone, and after `cancel` returns no status call and no notification
+/// is made for it, even when late READY/FAILED changes for its paths arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_drops_the_job_and_silences_it() {
+    let (a, b) = (JobId(1), JobId(2));
+    let manager = FakeManager::new(Report::Never);
+    let (controller, mut calls) = FakeController::new(pushes_config(3));
+    let (downloader, mut notifications) = Downloader::new(Arc::new(controller), manager.clone());
+
+    downloader.download(a).await.unwrap();
+    let paths = manager.paths(a);
+    assert_eq!(paths.len(), 3);
+    let collector = manager.collector();
+    collector
+        .send(ArtifactStatusChange::new(
+            paths[0].clone(),
+            ArtifactStatus::Ready,
+        ))
+        .await
+        .unwrap();
+    let seen = wait_call(&mut calls, a, "1 / 3 artifacts ready").await;
+    assert_eq!(infos_of(&seen, a), ready_infos(3)[..2].to_vec());
+
+    downloader.cancel(a).await.unwrap();
+
+    assert_eq!(manager.cancelled(), vec![a]);
+    assert!(is_idle(&stats(&downloader).await));
+    assert_eq!(downloader.progress(a).await.unwrap(), None);
+    assert!(drain(&mut calls).is_empty());
+
+    // Late changes for the cancelled job's paths.
+    for change in [
+        ArtifactStatusChange::new(paths[1].clone(), ArtifactStatus::Ready),
+        ArtifactStatusChange::failed(paths[2].clone(), "cancelled"),
+        ArtifactStatusChange::new(paths[0].clone(), ArtifactStatus::Ready),
+    ] {
+        collector.send(change).await.unwrap();
+    }
+
+    // A second job runs to completion: its OK is the only notification, and its calls
+    // the only status calls.
+    downloader.download(b).await.unwrap();
+    manager.report_all(b, ArtifactStatus::Ready).await;
+    assert_eq!(next_notification(&mut notifications).await, ok(b));
+    let s = wait_stats(&downloader, "every change processed", |s| {
+        s.status_changes == 1 + 3 + 3
+    })
+    .await;
+    assert!(is_idle(&s), "{s:?}");
+    let after = drain(&mut calls);
+    assert!(after.iter().all(|(job, _)| *job == b), "{after:?}");
+    assert_eq!(infos_of(&after, b), ready_infos(3));
+    assert_no_notification(&mut notifications);
+    downloader.shutdown().await.unwrap();
+}
+
+/// Fix (cancel, continued): cancelling while a slow status call for the job is in
+/// progress stops it; later READYs make no call and the job is never answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_during_a_slow_status_call_silences_the_job() {
+    let a = JobId(7);
+    let manager = FakeManager::new(Report::Never);
+    let (controller, mut calls) = FakeController::new(pushes_config(2));
+    let controller = controller.slow(a, Duration::from_millis(200));
+    let (downloader, mut notifications) = Downloader::new(Arc::new(controller), manager.clone());
+
+    downloader.download(a).await.unwrap();
+    let paths = manager.paths(a);
+    let collector = manager.collector();
+    collector
+        .send(ArtifactStatusChange::new(
+            paths[0].clone(),
+            ArtifactStatus::Ready,
+        ))
+        .await
+        .unwrap();
+    wait_call(&mut calls, a, "1 / 2 artifacts ready").await;
+
+    downloader.cancel(a).await.unwrap();
+    assert_eq!(manager.cancelled(), vec![a]);
+
+    collector
+        .send(ArtifactStatusChange::new(
+            paths[1].clone(),
+            ArtifactStatus::Ready,
+        ))
+        .await
+        .unwrap();
+    let s = wait_stats(&downloader, "the late READY", |s| s.status_changes == 2).await;
+    assert!(is_idle(&s), "{s:?}");
+    assert!(drain(&mut calls).is_empty());
+    assert_no_notification(&mut notifications);
+    downloader.shutdown().await.unwrap();
+}
+
+/// Fix (cancel, continued): cancelling while the config is still being processed stops
+/// the processing; the pending `download` returns, and nothing is pushed or answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_while_planning_stops_the_job() {
+    let a = JobId(3);
+    let gate = Arc::new(Semaphore::new(0));
+    let manager = FakeManager::new(Report::Spawned);
+    let (controller, mut calls) = FakeController::new(pushes_config(2));
+    let controller = controller.gate_config(a, gate.clone());
+    let (downloader, mut notifications) = Downloader::new(Arc::new(controller), manager.clone());
+
+    let handle = downloader.clone();
+    let download = tokio::spawn(async move { handle.download(a).await });
+    wait_call(&mut calls, a, "").await;
+    assert_eq!(stats(&downloader).await.planning, 1);
+
+    downloader.cancel(a).await.unwrap();
+    download.await.unwrap().unwrap();
+    gate.add_permits(1);
+
+    assert!(is_idle(&stats(&downloader).await));
+    assert!(manager.paths(a).is_empty());
+    assert_eq!(manager.cancelled(), vec![a]);
+    assert!(drain(&mut calls).is_empty());
+    assert_no_notification(&mut notifications);
+    downloader.shutdown().await.unwrap();
+}
+
+/// Fix: `download(job)` for a job in flight is an error for the caller, not a second run,
+/// both while its config is processed and while its artifacts download; the first run
+/// completes normally and is answered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_twice_while_in_flight_is_an_error() {
+    let a = JobId(5);
+    let gate = Arc::new(Semaphore::new(0));
+    let manager = FakeManager::new(Report::Never);
+    let (controller, mut calls) = FakeController::new(pushes_config(2));
+    let controller = controller.gate_config(a, gate.clone());
+    let (downloader, mut notifications) = Downloader::new(Arc::new(controller), manager.clone());
+
+    let handle = downloader.clone();
+    let first = tokio::spawn(async move { handle.download(a).await });
+    wait_call(&mut calls, a, "").await;
+
+    // While the config is processed.
+    let err = downloader.download(a).await.unwrap_err();
+    assert!(
+        matches!(err, DownloadError::AlreadyInFlight { job } if job == a),
+        "{err:?}"
+    );
+    assert_eq!(err.to_string(), "job 5 is already being downloaded");
+
+    gate.add_permits(1);
+    first.await.unwrap().unwrap();
+    assert_eq!(manager.paths(a).len(), 2);
+
+    // While its artifacts download.
+    let err = downloader.download(a).await.unwrap_err();
+    assert!(
+        matches!(err, DownloadError::AlreadyInFlight { job } if job == a),
+        "{err:?}"
+    );
+    assert_eq!(manager.paths(a).len(), 2, "no second run");
+
+    manager.report_all(a, ArtifactStatus::Ready).await;
+    assert_eq!(next_notification(&mut notifications).await, ok(a));
+    eventually_empty(&downloader).await;
+    assert_eq!(
+        infos_of(&drain(&mut calls), a),
+        ready_infos(2)[1..].to_vec()
+    );
+    assert_no_notification(&mut notifications);
+    downloader.shutdown().await.unwrap();
+}
+
+/// `download` returns once the config is processed; when processing it answers the job
+/// (OK for a job with nothing to push, FAIL when the config cannot be read), the answer
+/// is already on the channel when `download` returns, as it was with seed 000's
+/// synchronous `Download`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_returns_after_an_immediate_answer() {
+    let manager = FakeManager::new(Report::Never);
+    let (controller, _calls) = FakeController::new(pulls_only_config());
+    let controller = controller.fail_config(|job| job.0 % 2 == 1);
+    let (downloader, mut notifications) = Downloader::new(Arc::new(controller), manager);
+
+    for id in 0..200 {
+        let job = JobId(id);
+        downloader.download(job).await.unwrap();
+        let expected = if id % 2 == 0 {
+            ok(job)
+        } else {
+            Notification {
+                job,
+                ok: false,
+                msg: "failed to get job config: no such job".into(),
+            }
+        };
+        assert_eq!(notifications.try_recv(), Ok(expected));
+    }
+    eventually_empty(&downloader).await;
+    assert_no_notification(&mut notifications);
+    downloader.shutdown().await.unwrap();
+}
+
+/// Drives `jobs` jobs of `artifacts` pushes at once; every job must be answered OK
+/// exactly once and nothing may be left behind.
+async fn many_jobs_at_once(report: Report, jobs: u64, artifacts: usize) {
+    let manager = FakeManager::new(report);
+    let (controller, _calls) = FakeController::new(pushes_config(artifacts));
+    let (downloader, mut notifications) = Downloader::new(Arc::new(controller), manager);
+
+    let mut downloads = JoinSet::new();
+    for id in 1..=jobs {
+        let handle = downloader.clone();
+        downloads.spawn(async move { handle.download(JobId(id)).await });
+    }
+    while let Some(result) = downloads.join_next().await {
+        result.unwrap().unwrap();
+    }
+
+    let mut answered = HashSet::new();
+    for _ in 0..jobs {
+        let notification = next_notification(&mut notifications).await;
+        assert!(notification.ok, "{notification:?}");
+        assert!(notification.msg.is_empty());
+        assert!(
+            answered.insert(notification.job),
+            "job {} answered twice",
+            notification.job
+        );
+    }
+    assert_eq!(answered, (1..=jobs).map(JobId).collect::<HashSet<_>>());
+    let s = eventually_empty(&downloader).await;
+    let per_artifact = if report == Report::Spawned { 2 } else { 1 };
+    assert_eq!(s.status_changes, jobs * artifacts as u64 * per_artifact);
+    assert_no_notification(&mut notifications);
+    downloader.shutdown().await.unwrap();
+}
+
+/// Fix (scale): 1,000 jobs × 10 artifacts at once, READY reported from spawned tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_jobs_of_ten_artifacts_at_once() {
+    many_jobs_at_once(Report::Spawned, 1000, 10).await;
+}
+
+/// Fix (scale): the same with every READY reported before `push_artifact` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_jobs_reporting_before_push_returns() {
+    many_jobs_at_once(Report::Eager(ArtifactStatus::Ready), 1000, 10).await;
+}
