@@ -27,7 +27,7 @@ use common::{Answer, JobSpec, Mode, Outcome, Progress};
 
 /// Downloads every artifact of the given job configs into an artifact store.
 #[derive(Debug, Parser)]
-#[command(version, about, after_help = EXIT_CODES)]
+#[command(version, after_help = EXIT_CODES)]
 struct Args {
     /// Directory of the artifact store (created if missing; its SQLite index lives in it).
     #[arg(long, value_name = "DIR", default_value = "./artifact-store")]
@@ -155,15 +155,32 @@ fn load(files: &[PathBuf]) -> Result<Vec<JobSpec>, Vec<String>> {
     }
 }
 
-/// One line of `--json` output.
+/// One line of `--json` output, fields in this order.
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    /// Job id (1..n in argument order).
+    job: u64,
+    /// The job file as given.
+    file: &'a str,
+    /// OK or FAIL.
+    ok: bool,
+    /// Why it failed; empty for OK.
+    msg: &'a str,
+    /// The config saved by the Downloader (local paths filled); `null` if it never was.
+    config: Option<&'a Config>,
+}
+
+/// Prints the answer as one line of JSON on stdout.
 fn print_json(answer: &Answer) {
-    let line = serde_json::json!({
-        "job": answer.job.0,
-        "file": answer.label,
-        "ok": answer.ok,
-        "msg": answer.msg,
-        "config": answer.config,
-    });
-    // A closed stdout (e.g. `| head`) is not worth a panic.
-    let _ = writeln!(io::stdout().lock(), "{line}");
+    let line = JsonLine {
+        job: answer.job.0,
+        file: &answer.label,
+        ok: answer.ok,
+        msg: &answer.msg,
+        config: answer.config.as_ref(),
+    };
+    if let Ok(line) = serde_json::to_string(&line) {
+        // A closed stdout (e.g. `| head`) is not worth a panic.
+        let _ = writeln!(io::stdout().lock(), "{line}");
+    }
 }
