@@ -471,16 +471,11 @@ pub async fn run(
     let mut answers = Vec::with_capacity(jobs.len());
     while !pending.is_empty() {
         let note = tokio::select! {
+            // Status events first: a job's last "n / n artifacts ready" is shown before its
+            // answer.
+            biased;
             Some(event) = events.recv() => {
-                if progress.mode != Mode::Quiet {
-                    let bytes = match controller.saved(event.job) {
-                        Some(config) if event.info != INFO_FAILED => {
-                            Some(ready_bytes(store, &config).await.1)
-                        }
-                        _ => None,
-                    };
-                    progress.info(event.job, &event.info, bytes, start.elapsed());
-                }
+                show(progress, store, &controller, event, start.elapsed()).await;
                 continue;
             }
             note = notifications.recv() => note.unwrap_or_else(|| Notification {
@@ -506,6 +501,10 @@ pub async fn run(
         let Some(at) = pending.iter().position(|&job| job == note.job) else {
             continue;
         };
+        // Status calls made before the answer are in the channel by now: show them first.
+        while let Ok(event) = events.try_recv() {
+            show(progress, store, &controller, event, start.elapsed()).await;
+        }
         pending.swap_remove(at);
         if !note.ok {
             // Stop the job's other transfers: nothing will wait for them.
@@ -528,7 +527,8 @@ pub async fn run(
             elapsed: start.elapsed(),
         };
         progress.finish(&answer);
-        on_answer(&answer);
+        // Output on stdout may share the terminal with the bars: hide them meanwhile.
+        progress.multi.suspend(|| on_answer(&answer));
         answers.push(answer);
     }
     if let Err(err) = downloader.shutdown().await {
@@ -538,6 +538,25 @@ pub async fn run(
     store.close().await;
     answers.sort_by_key(|answer| answer.job);
     Outcome::Finished(answers)
+}
+
+/// Shows one status call on `progress`, with the bytes READY so far once the job's config
+/// (and so its paths) is saved.
+async fn show(
+    progress: &mut Progress,
+    store: &Store,
+    controller: &Jobs,
+    event: StatusEvent,
+    elapsed: Duration,
+) {
+    if progress.mode == Mode::Quiet {
+        return;
+    }
+    let bytes = match controller.saved(event.job) {
+        Some(config) if event.info != INFO_FAILED => Some(ready_bytes(store, &config).await.1),
+        _ => None,
+    };
+    progress.info(event.job, &event.info, bytes, elapsed);
 }
 
 /// Ctrl-C, registered when created (so a signal that arrives while the first jobs start
