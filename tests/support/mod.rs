@@ -13,6 +13,9 @@ use tokio::sync::mpsc;
 
 pub use server::{Cut, Framing, Request, Resource, Step, TestServer, Trickle};
 
+pub mod store;
+pub use store::*;
+
 /// How long a test waits for something before it fails (generous: a shared 2-core box).
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -178,7 +181,6 @@ pub fn assert_no_part_files(root: &Path) {
     let parts = part_files(root);
     assert!(parts.is_empty(), "temporary files left behind: {parts:?}");
 }
-
 
 /// Polls `check` every 10 ms until it holds, failing after [`WAIT`]. Only for state that
 /// offers nothing to wait on (the file system, a snapshot API); everything else waits on

@@ -1,0 +1,239 @@
+//! Crash consistency: a child process (this test binary, re-run on its ignored
+//! `crash_child` test) downloads from a slow server and is killed with SIGKILL mid-transfer;
+//! reopening the root must leave it consistent: interrupted rows FAILED "interrupted", no
+//! temporary file, every READY row's file present with its recorded size.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use artifact_coordinator::{ArtifactManager, ArtifactStatus, Store};
+use support::{
+    Resource, Statuses, Step, TestServer, WAIT, all_rows, body, eventually, fast_builder, image,
+    part_files, sha256_file, sha256_hex,
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Environment variable that carries the child's instructions:
+/// `<root>\n<url of the small file>\n<url of the slow file>\n<url of the queued file>`.
+const CHILD_ENV: &str = "ARTIFACT_COORDINATOR_CRASH_CHILD";
+
+/// The child: opens a store on the given root, downloads a small file to READY, then
+/// starts a slow one (and queues another behind it on a single worker), reports each
+/// step on stdout, and waits to be killed. Does nothing without its environment variable.
+#[test]
+#[ignore = "run by crash tests as a child process"]
+fn crash_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let lines: Vec<&str> = spec.lines().collect();
+    let [root, small, slow, queued] = lines[..] else {
+        panic!("bad {CHILD_ENV}: {spec:?}");
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let store = fast_builder()
+            .workers(1)
+            .idle_timeout(Duration::from_secs(120))
+            .open(root)
+            .await
+            .expect("open");
+        let (tx, mut statuses) = Statuses::channel();
+        let p = store
+            .push_artifact(image(1, "small.bin", small), tx.clone())
+            .await
+            .expect("push small");
+        let last = statuses.terminal(&p).await;
+        assert_eq!(last.status, ArtifactStatus::Ready, "{last:?}");
+        println!("CHILD-READY {p}");
+        let p = store
+            .push_artifact(image(1, "slow.bin", slow), tx.clone())
+            .await
+            .expect("push slow");
+        println!("CHILD-PUSHED {p}");
+        let q = store
+            .push_artifact(image(1, "queued.bin", queued), tx.clone())
+            .await
+            .expect("push queued");
+        println!("CHILD-PUSHED {q}");
+        // Wait to be killed.
+        std::future::pending::<()>().await;
+    });
+}
+
+/// Killed mid-download, reopened: the slow row and the queued row are FAILED
+/// "interrupted", the `.part` file is gone, the READY file is intact with its size and
+/// digest; the store works again after reopening.
+#[tokio::test]
+async fn killed_mid_download_reopens_consistent() {
+    let server = TestServer::start().await;
+    let small = body(20_000, 1);
+    server.serve("/small", Resource::new(small.clone()));
+    server.serve(
+        "/slow",
+        Resource::new(body(4 << 20, 2)).trickle(8192, Duration::from_millis(1)),
+    );
+    // 256 KiB, then nothing until the child is gone.
+    server.script("/slow", [Step::stall_after(256 * 1024)]);
+    server.serve("/queued", Resource::new(body(1000, 3)));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    let spec = format!(
+        "{}\n{}\n{}\n{}",
+        root.display(),
+        server.url("/small"),
+        server.url("/slow"),
+        server.url("/queued")
+    );
+    let mut child = tokio::process::Command::new(std::env::current_exe().expect("exe"))
+        .args([
+            "--exact",
+            "crash_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, spec)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn child");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut ready = None;
+    let mut pushed = Vec::new();
+    tokio::time::timeout(WAIT * 2, async {
+        while pushed.len() < 2 {
+            let line = lines
+                .next_line()
+                .await
+                .expect("read child")
+                .expect("child ended early");
+            // libtest may print "test crash_child ... " before the child's first line.
+            if let Some((_, p)) = line.split_once("CHILD-READY ") {
+                ready = Some(p.to_owned());
+            } else if let Some((_, p)) = line.split_once("CHILD-PUSHED ") {
+                pushed.push(p.to_owned());
+            }
+        }
+    })
+    .await
+    .expect("child reported its pushes");
+    tokio::time::timeout(WAIT, server.wait_bytes_sent("/slow", 256 * 1024))
+        .await
+        .expect("the slow transfer is under way");
+    // The child's store has the bytes on their way to its temporary file; wait for the
+    // file to show up (nothing to wait on across processes but the file system).
+    eventually("a .part file with data", || {
+        let root = root.clone();
+        async move {
+            part_files(&root)
+                .iter()
+                .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+        }
+    })
+    .await;
+
+    child.kill().await.expect("SIGKILL the child");
+    let status = child.wait().await.expect("wait child");
+    assert!(!status.success(), "{status:?}");
+    assert!(
+        !part_files(&root).is_empty(),
+        "the killed child left its temporary file (precondition)"
+    );
+
+    let store = Store::open(&root).await.expect("reopen");
+    assert!(part_files(&root).is_empty(), "{:?}", part_files(&root));
+    let rows = all_rows(&store).await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let ready = ready.expect("child reported READY");
+    for row in &rows {
+        if row.path.as_str() == ready {
+            assert_eq!(row.status, ArtifactStatus::Ready, "{row:?}");
+            assert_eq!(row.size, Some(small.len() as u64));
+            assert_eq!(row.sha256.as_deref(), Some(sha256_hex(&small).as_str()));
+            assert_eq!(sha256_file(row.path.as_path()), sha256_hex(&small));
+        } else {
+            assert!(pushed.contains(&row.path.0), "{row:?}");
+            assert_eq!(row.status, ArtifactStatus::Failed, "{row:?}");
+            assert_eq!(row.error.as_deref(), Some("interrupted"), "{row:?}");
+            assert!(!row.path.as_path().exists(), "{row:?}");
+        }
+    }
+    for row in rows.iter().filter(|r| r.status == ArtifactStatus::Ready) {
+        let meta = std::fs::metadata(row.path.as_path()).expect("READY file exists");
+        assert_eq!(Some(meta.len()), row.size, "{row:?}");
+    }
+    // The queued artifact was never requested; the slow one exactly once.
+    assert_eq!(server.hits("/queued"), 0);
+    assert_eq!(server.hits("/slow"), 1);
+
+    // The reopened store works.
+    let (tx, mut statuses) = Statuses::channel();
+    let again = store
+        .push_artifact(image(1, "slow.bin", &server.url("/small")), tx)
+        .await
+        .expect("push after reopen");
+    assert!(
+        !pushed.contains(&again.0),
+        "a new path, not an interrupted one"
+    );
+    assert_eq!(
+        statuses.terminal(&again).await.status,
+        ArtifactStatus::Ready
+    );
+}
+
+/// Reopening a root removes stray temporary files left in job directories.
+#[tokio::test]
+async fn reopen_removes_stray_part_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    drop(Store::open(&root).await.expect("open"));
+    let job_dir = root.join("jobs").join("4").join("image");
+    std::fs::create_dir_all(&job_dir).expect("mkdir");
+    let stray = job_dir.join(".Image_0.17.part");
+    std::fs::write(&stray, b"half a file").expect("write");
+    let _store = Store::open(&root).await.expect("reopen");
+    assert!(!stray.exists(), "stray temporary file survived a reopen");
+}
+
+/// A READY file deleted or truncated while the store was closed is not READY after a
+/// reopen (every READY row's file exists with its recorded size).
+#[tokio::test]
+async fn reopen_demotes_missing_or_resized_ready_files() {
+    let server = TestServer::start().await;
+    server.serve("/a", Resource::new(body(3000, 4)));
+    server.serve("/b", Resource::new(body(3000, 5)));
+    server.serve("/c", Resource::new(body(3000, 6)));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    let mut paths = Vec::new();
+    {
+        let store = fast_builder().open(&root).await.expect("open");
+        let (tx, mut statuses) = Statuses::channel();
+        for name in ["a", "b", "c"] {
+            let p = store
+                .push_artifact(image(2, name, &server.url(name)), tx.clone())
+                .await
+                .expect("push");
+            assert_eq!(statuses.terminal(&p).await.status, ArtifactStatus::Ready);
+            paths.push(p);
+        }
+    }
+    std::fs::remove_file(paths[0].as_path()).expect("remove");
+    std::fs::write(paths[1].as_path(), b"short").expect("truncate");
+    let store = Store::open(&root).await.expect("reopen");
+    for row in all_rows(&store).await {
+        if row.status == ArtifactStatus::Ready {
+            let meta = std::fs::metadata(row.path.as_path())
+                .unwrap_or_else(|e| panic!("READY row without its file: {row:?}: {e}"));
+            assert_eq!(Some(meta.len()), row.size, "{row:?}");
+        }
+    }
+    let c = store.info(&paths[2]).await.expect("info").expect("row");
+    assert_eq!(c.status, ArtifactStatus::Ready, "{c:?}");
+}
