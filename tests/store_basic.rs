@@ -314,7 +314,7 @@ async fn duplicate_alias_gets_a_distinct_path() {
 
 /// Pushing one alias twice concurrently (before either finishes) still gives distinct
 /// paths.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_duplicate_aliases_get_distinct_paths() {
     let fx = Fixture::new().await;
     let data = body(5000, 13);

@@ -63,7 +63,7 @@ fn crash_child() {
     });
 }
 
-/// Killed mid-download, reopened: the slow row and the queued row are FAILED
+/// Killed mid-download, reopened: the running row and the queued row are FAILED
 /// "interrupted", the `.part` file is gone, the READY file is intact with its size and
 /// digest; the store works again after reopening.
 #[tokio::test]
@@ -71,13 +71,16 @@ async fn killed_mid_download_reopens_consistent() {
     let server = TestServer::start().await;
     let small = body(20_000, 1);
     server.serve("/small", Resource::new(small.clone()));
-    server.serve(
-        "/slow",
-        Resource::new(body(4 << 20, 2)).trickle(8192, Duration::from_millis(1)),
-    );
-    // 256 KiB, then nothing until the child is gone.
-    server.script("/slow", [Step::stall_after(256 * 1024)]);
-    server.serve("/queued", Resource::new(body(1000, 3)));
+    // Both slow files send 256 KiB, then nothing until the child is gone. Both stall, so
+    // that whichever the single worker takes first, the other is still queued at the kill
+    // (the FIFO order itself is tested in store_cancel.rs).
+    for (path, seed) in [("/slow", 2), ("/queued", 3)] {
+        server.serve(
+            path,
+            Resource::new(body(4 << 20, seed)).trickle(8192, Duration::from_millis(1)),
+        );
+        server.script(path, [Step::stall_after(256 * 1024)]);
+    }
 
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("root");
@@ -122,9 +125,14 @@ async fn killed_mid_download_reopens_consistent() {
     })
     .await
     .expect("child reported its pushes");
-    tokio::time::timeout(WAIT, server.wait_bytes_sent("/slow", 256 * 1024))
-        .await
-        .expect("the slow transfer is under way");
+    tokio::time::timeout(WAIT, async {
+        tokio::select! {
+            () = server.wait_bytes_sent("/slow", 256 * 1024) => {}
+            () = server.wait_bytes_sent("/queued", 256 * 1024) => {}
+        }
+    })
+    .await
+    .expect("a slow transfer is under way");
     // The child's store has the bytes on their way to its temporary file; wait for the
     // file to show up (nothing to wait on across processes but the file system).
     eventually("a .part file with data", || {
@@ -167,9 +175,8 @@ async fn killed_mid_download_reopens_consistent() {
         let meta = std::fs::metadata(row.path.as_path()).expect("READY file exists");
         assert_eq!(Some(meta.len()), row.size, "{row:?}");
     }
-    // The queued artifact was never requested; the slow one exactly once.
-    assert_eq!(server.hits("/queued"), 0);
-    assert_eq!(server.hits("/slow"), 1);
+    // One worker: exactly one of the two was requested, once; the other stayed queued.
+    assert_eq!(server.hits("/slow") + server.hits("/queued"), 1);
 
     // The reopened store works.
     let (tx, mut statuses) = Statuses::channel();
@@ -236,4 +243,44 @@ async fn reopen_demotes_missing_or_resized_ready_files() {
     }
     let c = store.info(&paths[2]).await.expect("info").expect("row");
     assert_eq!(c.status, ArtifactStatus::Ready, "{c:?}");
+}
+
+/// With `verify_on_open(true)`, a READY file whose content changed (same size) while the
+/// store was closed is re-hashed at open: its row is no longer READY and the file is gone;
+/// an intact file stays READY.
+#[tokio::test]
+async fn verify_on_open_catches_corrupted_ready_files() {
+    let server = TestServer::start().await;
+    let good = body(4000, 7);
+    server.serve("/good", Resource::new(good.clone()));
+    server.serve("/bad", Resource::new(body(4000, 8)));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    let (good_path, bad_path) = {
+        let store = fast_builder().open(&root).await.expect("open");
+        let (tx, mut statuses) = Statuses::channel();
+        let g = store
+            .push_artifact(image(1, "good", &server.url("/good")), tx.clone())
+            .await
+            .expect("push");
+        let b = store
+            .push_artifact(image(1, "bad", &server.url("/bad")), tx)
+            .await
+            .expect("push");
+        assert_eq!(statuses.terminal(&g).await.status, ArtifactStatus::Ready);
+        assert_eq!(statuses.terminal(&b).await.status, ArtifactStatus::Ready);
+        (g, b)
+    };
+    std::fs::write(bad_path.as_path(), body(4000, 9)).expect("corrupt");
+    let store = fast_builder()
+        .verify_on_open(true)
+        .open(&root)
+        .await
+        .expect("reopen");
+    let bad = store.info(&bad_path).await.expect("info").expect("row");
+    assert_ne!(bad.status, ArtifactStatus::Ready, "{bad:?}");
+    assert!(!bad_path.as_path().exists());
+    let good_row = store.info(&good_path).await.expect("info").expect("row");
+    assert_eq!(good_row.status, ArtifactStatus::Ready, "{good_row:?}");
+    assert_eq!(sha256_file(good_path.as_path()), sha256_hex(&good));
 }

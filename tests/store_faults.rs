@@ -584,7 +584,7 @@ async fn connection_refused_is_retried_then_failed() {
 
 /// A mixed bag in parallel on a small pool: every artifact ends with the right status
 /// and the READY ones with the right content (the pool does not mix up transfers).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_in_parallel_do_not_interfere() {
     let fx = Fixture::with(fast_builder().workers(3).idle_timeout(ms(500))).await;
     let mut expected = Vec::new();
@@ -637,4 +637,30 @@ async fn faults_in_parallel_do_not_interfere() {
             out.assert_failed(&fx.root(), |r| r.contains("HTTP 404"));
         }
     }
+}
+
+/// The checksum file is fetched with the same retries: a 503 on it, then the image
+/// verifies and is READY.
+#[tokio::test]
+async fn checksum_file_fetch_is_retried() {
+    let fx = Fixture::new().await;
+    let data = body(30_000, 29);
+    fx.server.serve("/img", Resource::new(data.clone()));
+    fx.server.serve(
+        "/img.md5",
+        Resource::new(format!("{}  img\n", support::md5_hex(&data)).into_bytes()),
+    );
+    fx.server
+        .script("/img.md5", [Step::status(503), Step::close_after(5)]);
+    let out = fx
+        .fetch_desc(support::image_checksum(
+            1,
+            "Image_0",
+            &fx.server.url("/img"),
+            &fx.server.url("/img.md5"),
+            artifact_coordinator::ChecksumType::Md5,
+        ))
+        .await;
+    out.assert_ready(&fx.root(), &data);
+    assert_eq!(fx.server.hits("/img.md5"), 3);
 }
