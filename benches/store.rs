@@ -1,0 +1,427 @@
+//! The Store end to end through the Downloader, from a local HTTP server on 127.0.0.1:
+//! aggregate MB/s for 16 × 64 MiB, files/s for 5,000 × 4 KiB, and the peak RSS while
+//! downloading one 1 GiB artifact. sha256 verification, the index and fsync are all on.
+//!
+//! The server is nginx when `nginx` is on the PATH (as in `../shared/bench/peers.sh`:
+//! one worker, sendfile on), otherwise an in-process tokio server reading the files in
+//! 256 KiB chunks (the output says which). Following `../shared/bench/README.md`, the
+//! bench idles before every timed run (freed memory goes cold on this VM) and never
+//! deletes a store between runs (creating files right after deleting thousands is 7×
+//! slower); the stores are removed at the end.
+//!
+//! Environment: `BENCH_ROUNDS` (default 3), `BENCH_SETS` (default `big many one`),
+//! `BENCH_DIR` (default `/tmp/ac-bench`), `BENCH_SETTLE_MS` (default 2000),
+//! `BENCH_WORKERS` (default 16).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use artifact_coordinator::{
+    BoxError, Config, Downloader, JobId, JobStatus, JobsController, Push, Store, Test, TestAction,
+    TestCase, async_trait,
+};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One data set: a directory of files served under `/<name>/`.
+struct DataSet {
+    name: &'static str,
+    count: usize,
+    size: usize,
+}
+
+const SETS: [DataSet; 3] = [
+    DataSet {
+        name: "big",
+        count: 16,
+        size: 64 << 20,
+    },
+    DataSet {
+        name: "many",
+        count: 5000,
+        size: 4 << 10,
+    },
+    DataSet {
+        name: "one",
+        count: 1,
+        size: 1 << 30,
+    },
+];
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// Makes the data set once (deterministic pseudo-random bytes) and returns each file's
+/// name and sha256, cached in `<dir>/<set>.sha256`.
+fn prepare(dir: &Path, set: &DataSet) -> Vec<(String, String)> {
+    let set_dir = dir.join("data").join(set.name);
+    let manifest = dir.join("data").join(format!("{}.sha256", set.name));
+    if let Ok(text) = std::fs::read_to_string(&manifest) {
+        let files: Vec<(String, String)> = text
+            .lines()
+            .filter_map(|l| l.split_once("  "))
+            .map(|(h, n)| (n.to_owned(), h.to_owned()))
+            .collect();
+        if files.len() == set.count {
+            return files;
+        }
+    }
+    std::fs::create_dir_all(&set_dir).expect("data dir");
+    let mut files = Vec::with_capacity(set.count);
+    let mut rng = fastrand::Rng::with_seed(set.size as u64 ^ set.count as u64);
+    let mut chunk = vec![0u8; 1 << 20];
+    for i in 0..set.count {
+        let name = format!("f{i:05}");
+        let mut file =
+            std::io::BufWriter::new(std::fs::File::create(set_dir.join(&name)).expect("create"));
+        let mut hasher = Sha256::new();
+        let mut left = set.size;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            rng.fill(&mut chunk[..n]);
+            hasher.update(&chunk[..n]);
+            file.write_all(&chunk[..n]).expect("write");
+            left -= n;
+        }
+        file.flush().expect("flush");
+        files.push((name, hex::encode(hasher.finalize())));
+    }
+    let text: String = files.iter().map(|(n, h)| format!("{h}  {n}\n")).collect();
+    std::fs::write(&manifest, text).expect("manifest");
+    files
+}
+
+/// The HTTP server the bench downloads from.
+enum Server {
+    Nginx { child: Child, port: u16 },
+    Tokio { port: u16 },
+}
+
+impl Server {
+    fn port(&self) -> u16 {
+        match self {
+            Server::Nginx { port, .. } | Server::Tokio { port } => *port,
+        }
+    }
+
+    fn describe(&self) -> &'static str {
+        match self {
+            Server::Nginx { .. } => "nginx (1 worker, sendfile on) on 127.0.0.1",
+            Server::Tokio { .. } => "in-process tokio server on 127.0.0.1 (nginx not found)",
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Server::Nginx { child, .. } = self {
+            // SIGTERM lets the master stop its workers (SIGKILL would orphan them).
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn start_nginx(dir: &Path) -> Option<Server> {
+    let nginx = ["nginx", "/usr/sbin/nginx"].into_iter().find(|n| {
+        Command::new(n)
+            .arg("-v")
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    })?;
+    let port = free_port();
+    let conf_dir = dir.join("nginx");
+    std::fs::create_dir_all(conf_dir.join("tmp")).ok()?;
+    let conf = format!(
+        "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;\n\
+         client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;\n\
+         uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
+         server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
+        d = conf_dir.display(),
+        root = dir.join("data").display(),
+    );
+    std::fs::write(conf_dir.join("nginx.conf"), conf).ok()?;
+    let child = Command::new(nginx)
+        .args(["-p", &conf_dir.to_string_lossy(), "-c"])
+        .arg(conf_dir.join("nginx.conf"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    // Wait until it accepts connections (bounded).
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(Server::Nginx { child, port });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// A minimal HTTP/1.1 GET file server with keep-alive, for machines without nginx.
+async fn start_tokio_server(root: PathBuf) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                continue;
+            };
+            let root = root.clone();
+            tokio::spawn(async move {
+                let _ = socket.set_nodelay(true);
+                let mut buf = Vec::with_capacity(4096);
+                let mut chunk = vec![0u8; 256 << 10];
+                loop {
+                    // Read one request head.
+                    let end = loop {
+                        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break p + 4;
+                        }
+                        let mut tmp = [0u8; 4096];
+                        match socket.read(&mut tmp).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    let path = head
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or("/")
+                        .trim_start_matches('/');
+                    let file = root.join(path);
+                    let Ok(mut f) = tokio::fs::File::open(&file).await else {
+                        let _ = socket
+                            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                            .await;
+                        continue;
+                    };
+                    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+                    let header = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nAccept-Ranges: none\r\n\r\n"
+                    );
+                    if socket.write_all(header.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    loop {
+                        match f.read(&mut chunk).await {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                if socket.write_all(&chunk[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Server::Tokio { port }
+}
+
+/// A controller that serves one config per job and keeps what is saved.
+struct Controller {
+    configs: HashMap<JobId, Config>,
+    saved: Mutex<HashMap<JobId, Config>>,
+}
+
+#[async_trait]
+impl JobsController for Controller {
+    async fn set_status_and_info(&self, _: JobId, _: JobStatus, _: String) -> Result<(), BoxError> {
+        Ok(())
+    }
+    async fn get_config(&self, job: JobId) -> Result<Config, BoxError> {
+        self.configs
+            .get(&job)
+            .cloned()
+            .ok_or_else(|| "no such job".into())
+    }
+    async fn set_config(&self, job: JobId, config: Config) -> Result<(), BoxError> {
+        self.saved
+            .lock()
+            .map_err(|_| "poisoned")?
+            .insert(job, config);
+        Ok(())
+    }
+}
+
+fn job_config(base: &str, set: &DataSet, files: &[(String, String)]) -> Config {
+    let mut config = Config::default();
+    config.action.test = Test {
+        test_cases: vec![TestCase {
+            case_name: set.name.into(),
+            test_actions: files
+                .iter()
+                .map(|(name, sha)| {
+                    TestAction::Push(Push {
+                        uri: format!("{base}/{}/{name}", set.name),
+                        alias: name.clone(),
+                        sha256: Some(sha.clone()),
+                        ..Push::default()
+                    })
+                })
+                .collect(),
+        }],
+    };
+    config
+}
+
+/// Downloads one set into a fresh store root; returns seconds.
+async fn run_set(
+    root: &Path,
+    base: &str,
+    set: &DataSet,
+    files: &[(String, String)],
+    workers: usize,
+) -> f64 {
+    let store = Store::builder()
+        .workers(workers)
+        .open(root)
+        .await
+        .expect("open store");
+    let job = JobId(1);
+    let controller = Arc::new(Controller {
+        configs: HashMap::from([(job, job_config(base, set, files))]),
+        saved: Mutex::new(HashMap::new()),
+    });
+    let start = Instant::now();
+    let (downloader, mut answers) = Downloader::new(controller.clone(), Arc::new(store.clone()));
+    downloader.download(job).await.expect("download");
+    let answer = answers.recv().await.expect("answer");
+    let secs = start.elapsed().as_secs_f64();
+    assert!(answer.ok, "{} failed: {}", set.name, answer.msg);
+    downloader.shutdown().await.expect("shutdown");
+    store.close().await;
+    secs
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map_or(-1.0, |kib| kib / 1024.0)
+}
+
+/// Resets the peak RSS counter (Linux: writing 5 to clear_refs).
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn main() {
+    // `cargo test --benches` runs bench binaries with `--test`-like flags: skip quickly.
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    let dir = PathBuf::from(env_or("BENCH_DIR", "/tmp/ac-bench"));
+    let rounds: usize = env_or("BENCH_ROUNDS", "3").parse().unwrap_or(3);
+    let settle = Duration::from_millis(env_or("BENCH_SETTLE_MS", "2000").parse().unwrap_or(2000));
+    let workers: usize = env_or("BENCH_WORKERS", "16").parse().unwrap_or(16);
+    let wanted = env_or("BENCH_SETS", "big many one");
+    let sets: Vec<&DataSet> = SETS
+        .iter()
+        .filter(|s| wanted.split_whitespace().any(|w| w == s.name))
+        .collect();
+
+    let prepared: Vec<Vec<(String, String)>> = sets.iter().map(|s| prepare(&dir, s)).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = match start_nginx(&dir) {
+        Some(s) => s,
+        None => rt.block_on(start_tokio_server(dir.join("data"))),
+    };
+    let base = format!("http://127.0.0.1:{}", server.port());
+    println!(
+        "# store bench: {} rounds, {workers} workers, sha256 + index + fsync on; server: {}",
+        rounds,
+        server.describe()
+    );
+
+    let stores = dir.join("stores");
+    let _ = std::fs::remove_dir_all(&stores);
+    let mut results: Vec<(usize, Vec<f64>)> = (0..sets.len()).map(|i| (i, Vec::new())).collect();
+    let mut one_rss = None;
+    let mut run_id = 0;
+    for round in 0..rounds {
+        for (i, set) in sets.iter().enumerate() {
+            std::thread::sleep(settle);
+            run_id += 1;
+            let root = stores.join(format!("run-{run_id}"));
+            let measure_rss = set.name == "one" && reset_peak_rss();
+            let secs = rt.block_on(run_set(&root, &base, set, &prepared[i], workers));
+            if measure_rss {
+                let rss = peak_rss_mib();
+                one_rss = Some(one_rss.map_or(rss, |r: f64| r.max(rss)));
+            }
+            let bytes = (set.count * set.size) as f64;
+            println!(
+                "round {} {:<5} {:.3} s  {:.0} MB/s  {:.0} files/s",
+                round + 1,
+                set.name,
+                secs,
+                bytes / secs / 1e6,
+                set.count as f64 / secs
+            );
+            results[i].1.push(secs);
+        }
+    }
+    println!("\n| set | files | median s | MB/s | files/s |\n|---|---:|---:|---:|---:|");
+    for (i, secs) in &results {
+        let set = sets[*i];
+        let m = median(secs.clone());
+        println!(
+            "| {} | {} × {} KiB | {:.3} | {:.0} | {:.0} |",
+            set.name,
+            set.count,
+            set.size >> 10,
+            m,
+            (set.count * set.size) as f64 / m / 1e6,
+            set.count as f64 / m
+        );
+    }
+    if let Some(rss) = one_rss {
+        println!(
+            "\npeak RSS while downloading the 1 GiB artifact (whole process, server included when in-process): {rss:.1} MiB"
+        );
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&stores);
+}
