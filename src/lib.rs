@@ -125,3 +125,8 @@ fn assert_send_sync() {
     check::<StoreError>();
     check::<ArtifactRecord>();
 }
+
+/// The README's examples, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
