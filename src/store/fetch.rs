@@ -173,12 +173,10 @@ impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FetchError::Cancelled => f.write_str("cancelled"),
-            FetchError::Status { uri, status } => write!(
-                f,
-                "HTTP {} {} from {uri}",
-                status.as_u16(),
-                status.canonical_reason().unwrap_or("")
-            ),
+            FetchError::Status { uri, status } => match status.canonical_reason() {
+                Some(text) => write!(f, "HTTP {} {text} from {uri}", status.as_u16()),
+                None => write!(f, "HTTP {} from {uri}", status.as_u16()),
+            },
             FetchError::Network { uri, detail } => {
                 write!(f, "connection error for {uri}: {detail}")
             }

@@ -323,43 +323,58 @@ impl Store {
             Some(c) => Some((core.source(job, &alias, &c.uri)?, c)),
             None => None,
         };
-        let dir = core.type_dir(job, kind).await?;
-        let (id, path) = core
-            .index
-            .insert(NewArtifact {
-                job,
-                kind,
-                alias: alias.clone(),
-                uri: uri.clone(),
-                dir: dir.clone(),
-                pushed: true,
-            })
-            .await?;
-        let path = ArtifactPath(path);
-        debug!(id, %path, %uri, "queued");
-        let _ = collector
-            .send(ArtifactStatusChange::new(
-                path.clone(),
-                ArtifactStatus::Pending,
-            ))
-            .await;
+        // Registered before anything is recorded, so a `cancel_job` that runs while this
+        // push is under way cancels this transfer too. The rest runs in its own task: if
+        // the caller stops waiting, the row and its transfer still go together.
         let guard = core.register(job);
-        let transfer = Transfer {
-            core: Arc::clone(core),
-            id,
-            job,
-            alias,
-            uri,
-            source,
-            sha256,
-            checksum,
-            path: path.clone(),
-            dir,
-            collector,
-            guard,
-        };
-        tokio::spawn(transfer.run());
-        Ok(path)
+        let core = Arc::clone(core);
+        let root = core.layout.root().to_owned();
+        tokio::spawn(async move {
+            let dir = core.type_dir(job, kind).await?;
+            let (id, path) = core
+                .index
+                .insert(NewArtifact {
+                    job,
+                    kind,
+                    alias: alias.clone(),
+                    uri: uri.clone(),
+                    dir: dir.clone(),
+                    pushed: true,
+                })
+                .await?;
+            let path = ArtifactPath(path);
+            debug!(id, %path, %uri, "queued");
+            tokio::select! {
+                biased;
+                _ = collector.send(ArtifactStatusChange::new(
+                    path.clone(),
+                    ArtifactStatus::Pending,
+                )) => {}
+                () = guard.cancel.cancelled() => {}
+            }
+            let transfer = Transfer {
+                core,
+                id,
+                job,
+                alias,
+                uri,
+                source,
+                sha256,
+                checksum,
+                path: path.clone(),
+                dir,
+                collector,
+                guard,
+            };
+            tokio::spawn(transfer.run());
+            Ok(path)
+        })
+        .await
+        .map_err(|e| StoreError::Io {
+            op: "register artifact in",
+            path: root,
+            source: std::io::Error::other(e.to_string()),
+        })?
     }
 
     /// Like [`ArtifactManager::create_artifact`], with the store's own error type: checks

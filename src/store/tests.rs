@@ -68,6 +68,7 @@ impl Server {
         let seen = Arc::clone(&requests);
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
+                let _ = socket.set_nodelay(true);
                 let script = Arc::clone(&script);
                 let seen = Arc::clone(&seen);
                 tokio::spawn(async move {
@@ -817,4 +818,93 @@ async fn recovers_after_crash() {
     let r = store.info(&created).await.unwrap().unwrap();
     assert_eq!(r.status, ArtifactStatus::Pending);
     assert_eq!(std::fs::read(created.as_path()).unwrap(), b"job output");
+}
+
+/// The Downloader with a real Store: a job with an image, an image with an md5 checksum
+/// file, a push and a pull goes through to OK, with the config's paths on verified files.
+#[tokio::test]
+async fn downloader_end_to_end() {
+    use crate::{Config, Downloader, JobStatus, JobsController};
+
+    struct Controller {
+        config: Mutex<Config>,
+    }
+
+    #[async_trait]
+    impl JobsController for Controller {
+        async fn set_status_and_info(
+            &self,
+            _: JobId,
+            _: JobStatus,
+            _: String,
+        ) -> Result<(), BoxError> {
+            Ok(())
+        }
+        async fn get_config(&self, _: JobId) -> Result<Config, BoxError> {
+            Ok(self.config.lock().unwrap().clone())
+        }
+        async fn set_config(&self, _: JobId, config: Config) -> Result<(), BoxError> {
+            *self.config.lock().unwrap() = config;
+            Ok(())
+        }
+    }
+
+    let boot = data(200_000);
+    let md5 = hex::encode(md5::Md5::digest(&boot));
+    let boot_server = Server::start(vec![Reply::ok(&boot)]).await;
+    let sums = Server::start(vec![Reply::ok(format!("{md5}  boot.img\n").as_bytes())]).await;
+    let script = b"#!/bin/sh\necho hi\n".to_vec();
+    let script_server = Server::start(vec![Reply::ok(&script)]).await;
+    let json = format!(
+        r#"{{"action": {{"deploy": {{"images": [
+            {{"uri": "{}", "checksum_uri": "{}", "checksum_type": "md5"}},
+            {{"uri": "{}", "sha256": "{}"}}]}},
+          "test": {{"test_cases": [{{"case_name": "smoke", "test_actions": [
+            {{"push": {{"uri": "{}", "dest": "/tmp/run.sh", "alias": "run.sh"}}}},
+            {{"pull": {{"src": "/tmp/out.log", "alias": "out.log"}}}}]}}]}}}}}}"#,
+        boot_server.url("boot.img"),
+        sums.url("boot.img.md5"),
+        boot_server.url("boot.img"),
+        sha256_hex(&boot),
+        script_server.url("run.sh"),
+    );
+    let controller = Arc::new(Controller {
+        config: Mutex::new(Config::from_json(&json).unwrap()),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let (downloader, mut notifications) = Downloader::new(
+        Arc::clone(&controller) as Arc<dyn JobsController>,
+        Arc::new(store.clone()),
+    );
+    downloader.download(JobId(5)).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(20), notifications.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.ok, "{}", answer.msg);
+    downloader.shutdown().await.unwrap();
+    let config = controller.config.lock().unwrap().clone();
+    let images = &config.action.deploy.images;
+    for image in images {
+        assert_eq!(std::fs::read(image.path.as_ref().unwrap()).unwrap(), boot);
+    }
+    let sums_path = images[0].checksum_path.as_ref().unwrap();
+    assert!(
+        std::fs::read_to_string(sums_path)
+            .unwrap()
+            .starts_with(&md5)
+    );
+    let page = store
+        .list(
+            ArtifactFilter {
+                job: Some(JobId(5)),
+                ..ArtifactFilter::default()
+            },
+            Page::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.total, 5);
+    assert!(temp_files(dir.path()).is_empty());
 }
