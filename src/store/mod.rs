@@ -17,6 +17,7 @@ mod error;
 mod fetch;
 mod index;
 mod paths;
+mod pool;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -41,6 +42,7 @@ use builder::Settings;
 use fetch::{Expected, FetchError, Fetched, Fetcher, Source, SourceError};
 use index::{Index, NewArtifact, StatusUpdate};
 use paths::Layout;
+use pool::{Pool, Slot};
 
 use crate::error::BoxError;
 use crate::model::{
@@ -143,9 +145,9 @@ struct Core {
     index: Index,
     /// The transfer engine (with the one HTTP client).
     fetcher: Fetcher,
-    /// One permit per worker: a transfer runs only while it holds one. Fair (FIFO), so
-    /// the queue is served in push order.
-    permits: Arc<Semaphore>,
+    /// One slot per worker: a transfer runs only while it holds one. Places are taken at
+    /// push time, so the queue is served in push order.
+    pool: Arc<Pool>,
     /// Per-job cancellation and tracking of the job's transfers. A std mutex: it is held
     /// only for map operations, never across an await.
     jobs: Mutex<HashMap<JobId, JobEntry>>,
@@ -222,7 +224,7 @@ impl Store {
         let root_token = CancellationToken::new();
         let core = Arc::new(Core {
             layout,
-            permits: Arc::new(Semaphore::new(settings.workers.max(1))),
+            pool: Pool::new(settings.workers),
             settings,
             index,
             fetcher,
@@ -352,6 +354,7 @@ impl Store {
                 )) => {}
                 () = guard.cancel.cancelled() => {}
             }
+            let slot = core.pool.enqueue();
             let transfer = Transfer {
                 core,
                 id,
@@ -365,6 +368,7 @@ impl Store {
                 dir,
                 collector,
                 guard,
+                slot: Some(slot),
             };
             tokio::spawn(transfer.run());
             Ok(path)
@@ -582,12 +586,14 @@ struct Transfer {
     collector: mpsc::Sender<ArtifactStatusChange>,
     /// Registration with the job (cancellation) and the store.
     guard: JobGuard,
+    /// Its place in the worker queue, taken at push time; `None` once taken out.
+    slot: Option<oneshot::Receiver<Slot>>,
 }
 
 impl Transfer {
     /// Waits for a worker, transfers, records and reports the outcome.
     #[instrument(name = "transfer", skip_all, fields(job = %self.job, id = self.id, alias = %self.alias))]
-    async fn run(self) {
+    async fn run(mut self) {
         let outcome = self.execute().await;
         let core = &self.core;
         let change = match outcome {
@@ -652,15 +658,16 @@ impl Transfer {
     }
 
     /// Everything up to a file at the final path.
-    async fn execute(&self) -> Result<Fetched, FetchError> {
+    async fn execute(&mut self) -> Result<Fetched, FetchError> {
         let core = &self.core;
         let cancel = &self.guard.cancel;
-        let _permit = tokio::select! {
+        let Some(queued) = self.slot.take() else {
+            return Err(FetchError::Cancelled);
+        };
+        let _slot = tokio::select! {
             biased;
             () = cancel.cancelled() => return Err(FetchError::Cancelled),
-            permit = Arc::clone(&core.permits).acquire_owned() => {
-                permit.map_err(|_| FetchError::Cancelled)?
-            }
+            slot = queued => slot.map_err(|_| FetchError::Cancelled)?,
         };
         core.index.update_later(StatusUpdate {
             id: self.id,
