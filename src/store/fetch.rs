@@ -875,9 +875,8 @@ impl Fetcher {
         let headers = response.headers();
         let next_validator = resume_validator(headers);
         if status == StatusCode::PARTIAL_CONTENT {
-            let start = content_range_start(headers);
             let wanted = if resume { offset } else { 0 };
-            if start != Some(wanted) {
+            if !range_continues(headers, wanted) {
                 let detail = format!(
                     "asked for bytes from {wanted}, got Content-Range {:?}",
                     headers
@@ -1141,12 +1140,29 @@ fn resume_validator(headers: &HeaderMap) -> Option<String> {
     }
 }
 
-/// The first byte position of a `Content-Range: bytes <start>-<end>/<len>` header.
-fn content_range_start(headers: &HeaderMap) -> Option<u64> {
+/// A `Content-Range: bytes <start>-<end>/<len>` header: `(start, end, len)`, `len` being
+/// `None` for `*`.
+fn content_range(headers: &HeaderMap) -> Option<(u64, u64, Option<u64>)> {
     let value = headers.get(header::CONTENT_RANGE)?.to_str().ok()?.trim();
     let rest = value.strip_prefix("bytes")?.trim_start();
-    let (start, _) = rest.split_once('-')?;
-    start.trim().parse().ok()
+    let (range, len) = rest.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end: u64 = end.trim().parse().ok()?;
+    let len = match len.trim() {
+        "*" => None,
+        n => Some(n.parse().ok()?),
+    };
+    (start <= end).then_some((start, end, len))
+}
+
+/// Whether a 206 answer continues a file of `offset` bytes through to its end: its range
+/// starts at `offset` and, when the length is given, ends at the last byte.
+fn range_continues(headers: &HeaderMap, offset: u64) -> bool {
+    match content_range(headers) {
+        Some((start, end, len)) => start == offset && len.is_none_or(|len| end + 1 == len),
+        None => false,
+    }
 }
 
 /// The first whitespace-separated token of `body` that is `kind.hex_len()` hex digits,
@@ -1298,17 +1314,25 @@ mod tests {
         assert_eq!(resume_validator(&h), None);
     }
 
-    /// Content-Range starts parse.
+    /// Content-Range parses; only a range from the offset to the end continues a file.
     #[test]
     fn content_range_parses() {
         let mut h = HeaderMap::new();
-        assert_eq!(content_range_start(&h), None);
+        assert_eq!(content_range(&h), None);
+        assert!(!range_continues(&h, 0));
         h.insert(header::CONTENT_RANGE, "bytes 100-199/200".parse().unwrap());
-        assert_eq!(content_range_start(&h), Some(100));
+        assert_eq!(content_range(&h), Some((100, 199, Some(200))));
+        assert!(range_continues(&h, 100));
+        assert!(!range_continues(&h, 0));
         h.insert(header::CONTENT_RANGE, "bytes 0-9/*".parse().unwrap());
-        assert_eq!(content_range_start(&h), Some(0));
-        h.insert(header::CONTENT_RANGE, "bytes */200".parse().unwrap());
-        assert_eq!(content_range_start(&h), None);
+        assert_eq!(content_range(&h), Some((0, 9, None)));
+        assert!(range_continues(&h, 0));
+        h.insert(header::CONTENT_RANGE, "bytes 100-149/200".parse().unwrap());
+        assert!(!range_continues(&h, 100), "stops short of the end");
+        for bad in ["bytes */200", "bytes 9-1/20", "items 0-1/2", "bytes 0-1"] {
+            h.insert(header::CONTENT_RANGE, bad.parse().unwrap());
+            assert_eq!(content_range(&h), None, "{bad}");
+        }
     }
 
     /// Only http, https and (when allowed) local file URIs are sources.

@@ -330,6 +330,8 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(index("open database"))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(index("set busy timeout"))?;
+    // Two statements per filter combination in `list`, plus the rest.
+    conn.set_prepared_statement_cache_capacity(64);
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
         .map_err(index("enable WAL"))?;
