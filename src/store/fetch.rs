@@ -426,15 +426,27 @@ enum Target {
     Memory(Vec<u8>),
 }
 
+/// What a blocking write hands back: the file, the hashes, the (emptied) buffer and the
+/// write's result.
+type Written = (std::fs::File, Hashes, Vec<u8>, std::io::Result<()>);
+
 /// A byte sink that hashes what it keeps and can start over.
+///
+/// For a file, bytes collect in `pending`; every [`WRITE_CHUNK`] they are hashed and
+/// written on the blocking pool while the next chunk collects (two buffers, so the
+/// network, the hashing and the disk overlap and memory stays at two chunks).
 struct Sink {
-    /// The file or buffer.
+    /// The file or buffer (the file is taken out while a blocking write runs).
     target: Target,
     /// Hashes of every byte written to `target` (taken out while a blocking write runs).
     hashes: Option<Hashes>,
-    /// Bytes not yet written to the file.
+    /// Bytes not yet handed to a write.
     pending: Vec<u8>,
-    /// Bytes accepted: written plus pending.
+    /// An emptied buffer to collect the next chunk in.
+    spare: Vec<u8>,
+    /// The blocking write in progress, if any.
+    inflight: Option<tokio::task::JoinHandle<Written>>,
+    /// Bytes accepted: written, being written and pending.
     len: u64,
     /// Whether md5 is computed too.
     md5: bool,
@@ -448,6 +460,8 @@ impl Sink {
             target: Target::File(Some(file)),
             hashes: Some(Hashes::new(md5)),
             pending: Vec::new(),
+            spare: Vec::new(),
+            inflight: None,
             len: 0,
             md5,
             path: path.to_owned(),
@@ -459,6 +473,8 @@ impl Sink {
             target: Target::Memory(Vec::new()),
             hashes: Some(Hashes::new(md5)),
             pending: Vec::new(),
+            spare: Vec::new(),
+            inflight: None,
             len: 0,
             md5,
             path: PathBuf::from("<memory>"),
@@ -491,15 +507,33 @@ impl Sink {
             Target::File(_) => {
                 self.pending.extend_from_slice(data);
                 if self.pending.len() >= WRITE_CHUNK {
-                    self.flush().await?;
+                    self.settle().await?;
+                    self.start_write()?;
                 }
                 Ok(())
             }
         }
     }
 
-    /// Writes (and hashes) the pending bytes, on the blocking pool.
-    async fn flush(&mut self) -> Result<(), FetchError> {
+    /// Waits for the write in progress and takes the file, the hashes and the buffer back.
+    async fn settle(&mut self) -> Result<(), FetchError> {
+        let Some(inflight) = self.inflight.take() else {
+            return Ok(());
+        };
+        let (file, hashes, buf, result) = inflight
+            .await
+            .map_err(|e| self.io("write", std::io::Error::other(e.to_string())))?;
+        if let Target::File(slot) = &mut self.target {
+            *slot = Some(file);
+        }
+        self.hashes = Some(hashes);
+        self.spare = buf;
+        result.map_err(|e| self.io("write", e))
+    }
+
+    /// Hands the pending bytes to a blocking write (hash, then write). Call after
+    /// [`Self::settle`].
+    fn start_write(&mut self) -> Result<(), FetchError> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -512,27 +546,26 @@ impl Sink {
                 std::io::Error::other("file lost by an earlier error"),
             ));
         };
-        let mut buf = std::mem::take(&mut self.pending);
-        let joined = tokio::task::spawn_blocking(move || {
+        let mut buf = std::mem::replace(&mut self.pending, std::mem::take(&mut self.spare));
+        self.inflight = Some(tokio::task::spawn_blocking(move || {
             hashes.update(&buf);
             let result = file.write_all(&buf);
             buf.clear();
             (file, hashes, buf, result)
-        })
-        .await;
-        let (file, hashes, buf, result) = joined.map_err(|e| FetchError::Io {
-            op: "write",
-            path: self.path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        *slot = Some(file);
-        self.hashes = Some(hashes);
-        self.pending = buf;
-        result.map_err(|e| self.io("write", e))
+        }));
+        Ok(())
+    }
+
+    /// Writes (and hashes) everything accepted so far.
+    async fn flush(&mut self) -> Result<(), FetchError> {
+        self.settle().await?;
+        self.start_write()?;
+        self.settle().await
     }
 
     /// Drops everything written so far: the file is truncated and the hashes restart.
     async fn reset(&mut self) -> Result<(), FetchError> {
+        self.settle().await?;
         self.pending.clear();
         self.len = 0;
         self.hashes = Some(Hashes::new(self.md5));

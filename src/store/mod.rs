@@ -79,7 +79,8 @@ pub const REASON_CLOSED: &str = "store closed";
 ///   `sha256` and checksum file when it has them: files are streamed to a temporary file
 ///   beside the target, hashed on the fly, fsynced (unless switched off), and atomically
 ///   renamed into place. A `FAILED` artifact leaves neither a file nor a temporary file.
-/// - Memory per transfer is constant (a 256 KiB write buffer), whatever the file's size.
+/// - Memory per transfer is constant (two 256 KiB buffers: one collecting from the
+///   network while the other is hashed and written), whatever the file's size.
 /// - Aliases are plain file names and nothing is written outside the root.
 /// - SQLite never runs on the async runtime's worker threads.
 /// - Opening a root after a crash makes it consistent again: transfers that were queued
