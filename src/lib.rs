@@ -106,7 +106,8 @@ pub use model::{
 pub use store::{
     ArtifactFilter, ArtifactPage, ArtifactRecord, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_AFTER_CAP,
-    DEFAULT_WORKERS, Page, REASON_CANCELLED, REASON_CLOSED, Store, StoreBuilder, StoreError,
+    DEFAULT_WORKERS, Page, REASON_CANCELLED, REASON_CLOSED, REASON_INTERRUPTED, REASON_MISSING,
+    Store, StoreBuilder, StoreError,
 };
 pub use traits::{ArtifactManager, JobsController};
 #[cfg(any(test, feature = "mock"))]

@@ -25,10 +25,11 @@ const SCHEMA_VERSION: i64 = 1;
 /// Most requests run in one transaction.
 const MAX_BATCH: usize = 256;
 
-/// Reason recorded for a transfer that was running when the process stopped.
-pub(crate) const REASON_INTERRUPTED: &str = "interrupted";
-/// Reason recorded for a READY file that is gone at open.
-pub(crate) const REASON_MISSING: &str = "missing after restart";
+/// Reason recorded at open for a transfer that was queued or running when the last
+/// process using the store stopped.
+pub const REASON_INTERRUPTED: &str = "interrupted";
+/// Reason recorded at open for a READY artifact whose file is gone.
+pub const REASON_MISSING: &str = "missing after restart";
 
 /// The schema. `origin` is `push` (downloaded by the store) or `create` (a pull artifact
 /// the job writes); job ids are stored as the `i64` with the same bits as the `u64`.

@@ -36,7 +36,9 @@ pub use builder::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_AFTER_CAP, DEFAULT_WORKERS, StoreBuilder,
 };
 pub use error::StoreError;
-pub use index::{ArtifactFilter, ArtifactPage, ArtifactRecord, Page};
+pub use index::{
+    ArtifactFilter, ArtifactPage, ArtifactRecord, Page, REASON_INTERRUPTED, REASON_MISSING,
+};
 
 use builder::Settings;
 use fetch::{Expected, FetchError, Fetched, Fetcher, Source, SourceError};
