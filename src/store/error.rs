@@ -115,7 +115,8 @@ pub enum StoreError {
         #[source]
         source: reqwest::Error,
     },
-    /// The store's background index thread has stopped (it panicked or could not start).
-    #[error("the artifact index thread has stopped")]
+    /// The store is closed: [`Store::close`](crate::Store::close) was called (no new
+    /// pushes or creates), or its background index thread has stopped.
+    #[error("the store is closed (closed by its owner, or its index thread stopped)")]
     Closed,
 }
