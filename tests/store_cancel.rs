@@ -202,8 +202,6 @@ async fn job_can_push_after_cancel() {
 /// other; once it is cancelled, the server sees the 20 requests in push order. On a
 /// multi-thread runtime, as an embedding controller would run it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "Store bug: transfers take their worker permit in their own spawned task, so on a \
-            multi-thread runtime they queue in first-poll order, not push order"]
 async fn queue_is_served_in_push_order() {
     let fx = Fixture::with(
         fast_builder()
