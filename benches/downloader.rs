@@ -19,6 +19,10 @@ use artifact_coordinator::{
 use criterion::{Criterion, Throughput};
 use tokio::sync::mpsc;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{median, peak_rss_mib};
+
 /// A controller that does nothing, with a config of `artifacts` pushes.
 struct NoopController {
     config: Config,
@@ -154,28 +158,6 @@ fn env(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map_or(-1.0, |kib| kib / 1024.0)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// A 2-worker runtime (as GOMAXPROCS=2), or a single-threaded one with `BENCH_THREADS=1`.

@@ -27,6 +27,10 @@ use artifact_coordinator::{
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{median, peak_rss_mib};
+
 /// One data set: a directory of files served under `/<name>/`.
 struct DataSet {
     name: &'static str,
@@ -317,31 +321,9 @@ async fn run_set(
     secs
 }
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map_or(-1.0, |kib| kib / 1024.0)
-}
-
 /// Resets the peak RSS counter (Linux: writing 5 to clear_refs).
 fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn main() {
@@ -406,7 +388,7 @@ fn main() {
     println!("\n| set | files | median s | MB/s | files/s |\n|---|---:|---:|---:|---:|");
     for (i, secs) in &results {
         let set = sets[*i];
-        let m = median(secs.clone());
+        let m = median(&mut secs.clone());
         println!(
             "| {} | {} × {} KiB | {:.3} | {:.0} | {:.0} |",
             set.name,
