@@ -104,10 +104,10 @@ pub use model::{
     Priority, Pull, Push, Run, Test, TestAction, TestCase,
 };
 pub use store::{
-    ArtifactFilter, ArtifactPage, ArtifactRecord, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_AFTER_CAP,
-    DEFAULT_WORKERS, Page, REASON_CANCELLED, REASON_CLOSED, REASON_INTERRUPTED, REASON_MISSING,
-    Store, StoreBuilder, StoreError,
+    ArtifactFilter, ArtifactPage, ArtifactRecord, ByteProgress, CacheStats, DEFAULT_BACKOFF_BASE,
+    DEFAULT_BACKOFF_MAX, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_PROGRESS_INTERVAL, DEFAULT_RETRY_AFTER_CAP, DEFAULT_WORKERS, Page, REASON_CANCELLED,
+    REASON_CLOSED, REASON_INTERRUPTED, REASON_MISSING, Store, StoreBuilder, StoreError,
 };
 pub use traits::{ArtifactManager, JobsController};
 #[cfg(any(test, feature = "mock"))]

@@ -35,6 +35,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// | [`allow_file_scheme`](Self::allow_file_scheme) | true | accept `file://` URIs |
 /// | [`fsync`](Self::fsync) | true | fsync each file and its directory before it is READY |
 /// | [`verify_on_open`](Self::verify_on_open) | false | re-hash every READY file when opening |
+/// | [`cache_max_bytes`](Self::cache_max_bytes) | none | bound on the shared cache; LRU eviction of unreferenced blobs |
+/// | [`verify_cache_hits`](Self::verify_cache_hits) | false | re-hash a cached blob on every hit (else size + mtime, re-hash if the mtime moved) |
+/// | [`copy_job_files`](Self::copy_job_files) | false | give jobs writable copies instead of hard links to the blobs |
+/// | [`progress_interval`](Self::progress_interval) | 100 ms | least time between two byte-progress events of one transfer |
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), artifact_coordinator::StoreError> {
@@ -84,7 +88,18 @@ pub(crate) struct Settings {
     pub(crate) fsync: bool,
     /// Whether READY files are re-hashed at open.
     pub(crate) verify_on_open: bool,
+    /// Bound on the cache's size.
+    pub(crate) cache_max_bytes: Option<u64>,
+    /// Whether every cache hit re-hashes the blob.
+    pub(crate) verify_cache_hits: bool,
+    /// Whether jobs get copies instead of hard links.
+    pub(crate) copy_job_files: bool,
+    /// Least time between two progress events of one transfer.
+    pub(crate) progress_interval: Duration,
 }
+
+/// Default [`StoreBuilder::progress_interval`].
+pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Default for Settings {
     fn default() -> Self {
@@ -100,6 +115,10 @@ impl Default for Settings {
             allow_file_scheme: true,
             fsync: true,
             verify_on_open: false,
+            cache_max_bytes: None,
+            verify_cache_hits: false,
+            copy_job_files: false,
+            progress_interval: DEFAULT_PROGRESS_INTERVAL,
         }
     }
 }
@@ -186,6 +205,40 @@ impl StoreBuilder {
     /// cheap). A file that does not match is removed and its row marked FAILED.
     pub fn verify_on_open(mut self, yes: bool) -> Self {
         self.settings.verify_on_open = yes;
+        self
+    }
+
+    /// Bound on the shared cache's size in bytes (default `None`: unbounded). After each
+    /// download that adds a blob, and after [`Store::remove_job`], blobs that no `READY`
+    /// artifact references and no transfer is using are removed, least recently used
+    /// first, until the cache fits. Referenced blobs are never evicted, so the cache can
+    /// stay above the bound while jobs hold more than it.
+    pub fn cache_max_bytes(mut self, bytes: Option<u64>) -> Self {
+        self.settings.cache_max_bytes = bytes;
+        self
+    }
+
+    /// Whether a push answered from the cache re-hashes the blob first (default `false`:
+    /// the size must match and the content is re-hashed only when the blob's modification
+    /// time moved since it was stored). A blob that does not match is dropped and the
+    /// artifact downloaded again.
+    pub fn verify_cache_hits(mut self, yes: bool) -> Self {
+        self.settings.verify_cache_hits = yes;
+        self
+    }
+
+    /// Whether each job gets its own writable copy of a cached blob (default `false`:
+    /// a read-only hard link, which costs no space and no time). Turn it on when jobs
+    /// modify their files in place.
+    pub fn copy_job_files(mut self, yes: bool) -> Self {
+        self.settings.copy_job_files = yes;
+        self
+    }
+
+    /// Least time between two byte-progress events of one transfer (default 100 ms); see
+    /// [`Store::subscribe_progress`].
+    pub fn progress_interval(mut self, interval: Duration) -> Self {
+        self.settings.progress_interval = interval;
         self
     }
 

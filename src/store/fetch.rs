@@ -25,7 +25,7 @@
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use md5::Md5;
@@ -33,6 +33,7 @@ use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use url::Url;
@@ -160,6 +161,9 @@ pub(crate) enum FetchError {
         /// The error and its causes.
         detail: String,
     },
+    /// A shared transfer failed (the reason, already rendered, as every job sharing it
+    /// gets it).
+    Shared(std::sync::Arc<str>),
     /// Every attempt failed; the last error.
     GaveUp {
         /// Attempts made.
@@ -243,6 +247,7 @@ impl fmt::Display for FetchError {
                 write!(f, "checksum file {uri}: {source}")
             }
             FetchError::Request { uri, detail } => write!(f, "cannot fetch {uri}: {detail}"),
+            FetchError::Shared(reason) => f.write_str(reason),
             FetchError::GaveUp { attempts, last } => {
                 write!(f, "{last} (gave up after {attempts} attempts)")
             }
@@ -256,6 +261,12 @@ impl FetchError {
     /// Whether the transfer was cancelled.
     pub(crate) fn is_cancelled(&self) -> bool {
         matches!(self, FetchError::Cancelled)
+    }
+}
+
+impl From<FetchError> for std::sync::Arc<str> {
+    fn from(e: FetchError) -> Self {
+        e.to_string().into()
     }
 }
 
@@ -383,6 +394,117 @@ pub(crate) struct Fetched {
     pub(crate) size: u64,
     /// Its SHA-256, lower-case hex.
     pub(crate) sha256: String,
+    /// The server's validators for this content (empty for `file://`).
+    pub(crate) validators: Validators,
+}
+
+/// What [`Fetcher::download`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Downloaded {
+    /// A verified temporary file.
+    File(Fetched),
+    /// The server answered `304 Not Modified` to the conditional request: the content
+    /// the validators describe is still current. No file was written.
+    NotModified,
+}
+
+/// An HTTP response's cache validators: sent back as `If-None-Match` /
+/// `If-Modified-Since` to ask whether a cached copy is still current.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Validators {
+    /// `ETag` (strong or weak).
+    pub(crate) etag: Option<String>,
+    /// `Last-Modified`.
+    pub(crate) last_modified: Option<String>,
+}
+
+impl Validators {
+    /// Whether there is anything to revalidate with.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.etag.is_none() && self.last_modified.is_none()
+    }
+
+    /// The validators of a response.
+    fn of(headers: &HeaderMap) -> Validators {
+        let text = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &header::HeaderValue| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        Validators {
+            etag: text(header::ETAG),
+            last_modified: text(header::LAST_MODIFIED),
+        }
+    }
+}
+
+/// Bytes done and bytes expected (when known) of one transfer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ByteCount {
+    /// Bytes received and kept.
+    pub(crate) done: u64,
+    /// The whole size, when the server announced it.
+    pub(crate) total: Option<u64>,
+}
+
+/// Publishes a transfer's [`ByteCount`] on a `watch` channel, at most once per
+/// `interval` (plus the final count), so a fast transfer does not flood subscribers.
+#[derive(Debug)]
+pub(crate) struct Meter {
+    /// Where the counts go.
+    tx: watch::Sender<ByteCount>,
+    /// Least time between two publications.
+    interval: Duration,
+    /// When the last count was published.
+    last: Option<Instant>,
+    /// The total, once known.
+    total: Option<u64>,
+}
+
+impl Meter {
+    /// A meter publishing on `tx`.
+    pub(crate) fn new(tx: watch::Sender<ByteCount>, interval: Duration) -> Meter {
+        Meter {
+            tx,
+            interval,
+            last: None,
+            total: None,
+        }
+    }
+
+    /// Publishes `done` if the interval has passed (or `force`).
+    fn publish(&mut self, done: u64, force: bool) {
+        let now = Instant::now();
+        if !force
+            && self
+                .last
+                .is_some_and(|t| now.duration_since(t) < self.interval)
+        {
+            return;
+        }
+        self.last = Some(now);
+        let count = ByteCount {
+            done,
+            total: self.total,
+        };
+        self.tx.send_if_modified(|c| {
+            let changed = *c != count;
+            *c = count;
+            changed
+        });
+    }
+}
+
+/// How one successful HTTP exchange ended.
+#[derive(Debug)]
+enum Answer {
+    /// The body is in the sink; the response's validators.
+    Body(Validators),
+    /// `304 Not Modified` to a conditional request.
+    NotModified,
 }
 
 /// The hashes computed while streaming.
@@ -452,6 +574,8 @@ struct Sink {
     md5: bool,
     /// The file's path, for errors.
     path: PathBuf,
+    /// Byte progress, if anyone listens.
+    meter: Option<Meter>,
 }
 
 impl Sink {
@@ -465,6 +589,7 @@ impl Sink {
             len: 0,
             md5,
             path: path.to_owned(),
+            meter: None,
         }
     }
 
@@ -478,11 +603,21 @@ impl Sink {
             len: 0,
             md5,
             path: PathBuf::from("<memory>"),
+            meter: None,
         }
     }
 
     fn len(&self) -> u64 {
         self.len
+    }
+
+    /// Announces the whole size (or that it is unknown) to the meter.
+    fn set_total(&mut self, total: Option<u64>) {
+        let len = self.len;
+        if let Some(meter) = &mut self.meter {
+            meter.total = total;
+            meter.publish(len, true);
+        }
     }
 
     fn io(&self, op: &'static str, source: std::io::Error) -> FetchError {
@@ -496,6 +631,9 @@ impl Sink {
     /// Accepts `data` (written to the file in chunks, off the runtime).
     async fn write(&mut self, data: &[u8]) -> Result<(), FetchError> {
         self.len += data.len() as u64;
+        if let Some(meter) = &mut self.meter {
+            meter.publish(self.len, false);
+        }
         match &mut self.target {
             Target::Memory(buf) => {
                 if let Some(h) = &mut self.hashes {
@@ -568,6 +706,9 @@ impl Sink {
         self.settle().await?;
         self.pending.clear();
         self.len = 0;
+        if let Some(meter) = &mut self.meter {
+            meter.publish(0, true);
+        }
         self.hashes = Some(Hashes::new(self.md5));
         match &mut self.target {
             Target::Memory(buf) => {
@@ -609,6 +750,10 @@ impl Sink {
         fsync: bool,
     ) -> Result<(String, Option<String>, Vec<u8>), FetchError> {
         self.flush().await?;
+        let len = self.len;
+        if let Some(meter) = &mut self.meter {
+            meter.publish(len, true);
+        }
         let hashes = self
             .hashes
             .take()
@@ -689,33 +834,43 @@ impl Fetcher {
     }
 
     /// Downloads `source` into the new file `temp` (which must not exist), verifying it
-    /// against `expected`; returns its size and SHA-256. The file is complete, verified
-    /// and (if configured) fsynced when this returns `Ok`; on `Err` it has been removed.
+    /// against `expected`; returns its size, SHA-256 and validators. The file is complete,
+    /// verified and (if configured) fsynced when this returns `Ok(Downloaded::File)`; on
+    /// `Err` or `NotModified` it has been removed.
+    ///
+    /// With `conditional`, the first request asks `If-None-Match` / `If-Modified-Since`
+    /// and a `304` answer is [`Downloaded::NotModified`]. `meter` receives byte progress.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn download(
         &self,
         source: &Source,
         uri: &str,
         temp: &Path,
         expected: &Expected,
+        conditional: Option<&Validators>,
+        meter: Option<Meter>,
         cancel: &CancellationToken,
-    ) -> Result<Fetched, FetchError> {
+    ) -> Result<Downloaded, FetchError> {
         let result = self
-            .download_inner(source, uri, temp, expected, cancel)
+            .download_inner(source, uri, temp, expected, conditional, meter, cancel)
             .await;
-        if result.is_err() {
+        if !matches!(result, Ok(Downloaded::File(_))) {
             remove_quietly(temp).await;
         }
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn download_inner(
         &self,
         source: &Source,
         uri: &str,
         temp: &Path,
         expected: &Expected,
+        conditional: Option<&Validators>,
+        meter: Option<Meter>,
         cancel: &CancellationToken,
-    ) -> Result<Fetched, FetchError> {
+    ) -> Result<Downloaded, FetchError> {
         let path = temp.to_owned();
         let file = tokio::task::spawn_blocking(move || {
             std::fs::OpenOptions::new()
@@ -736,8 +891,14 @@ impl Fetcher {
             .as_ref()
             .is_some_and(|c| c.kind == ChecksumType::Md5);
         let mut sink = Sink::file(file, temp, md5);
-        self.fill(source, uri, &mut sink, self.max_size, cancel)
-            .await?;
+        sink.meter = meter;
+        let validators = match self
+            .fill(source, uri, &mut sink, self.max_size, conditional, cancel)
+            .await?
+        {
+            Answer::NotModified => return Ok(Downloaded::NotModified),
+            Answer::Body(validators) => validators,
+        };
         let size = sink.len();
         let (sha256, md5, _) = sink.finish(self.fsync).await?;
         if let Some(want) = &expected.sha256
@@ -762,7 +923,11 @@ impl Fetcher {
                 });
             }
         }
-        Ok(Fetched { size, sha256 })
+        Ok(Downloaded::File(Fetched {
+            size,
+            sha256,
+            validators,
+        }))
     }
 
     /// Fetches a checksum file (into memory, at most [`MAX_CHECKSUM_FILE`] bytes, with the
@@ -782,9 +947,16 @@ impl Fetcher {
             },
         };
         let mut sink = Sink::memory(false);
-        self.fill(source, uri, &mut sink, Some(MAX_CHECKSUM_FILE), cancel)
-            .await
-            .map_err(wrap)?;
+        self.fill(
+            source,
+            uri,
+            &mut sink,
+            Some(MAX_CHECKSUM_FILE),
+            None,
+            cancel,
+        )
+        .await
+        .map_err(wrap)?;
         let (_, _, body) = sink.finish(false).await.map_err(wrap)?;
         let digest = parse_checksum(&body, kind).ok_or_else(|| FetchError::NoDigest {
             uri: uri.to_owned(),
@@ -804,11 +976,18 @@ impl Fetcher {
         uri: &str,
         sink: &mut Sink,
         limit: Option<u64>,
+        conditional: Option<&Validators>,
         cancel: &CancellationToken,
-    ) -> Result<(), FetchError> {
+    ) -> Result<Answer, FetchError> {
         match source {
-            Source::Http(url) => self.fill_http(url, uri, sink, limit, cancel).await,
-            Source::File(path) => self.fill_file(path, uri, sink, limit, cancel).await,
+            Source::Http(url) => {
+                self.fill_http(url, uri, sink, limit, conditional, cancel)
+                    .await
+            }
+            Source::File(path) => {
+                self.fill_file(path, uri, sink, limit, cancel).await?;
+                Ok(Answer::Body(Validators::default()))
+            }
         }
     }
 
@@ -819,17 +998,18 @@ impl Fetcher {
         uri: &str,
         sink: &mut Sink,
         limit: Option<u64>,
+        conditional: Option<&Validators>,
         cancel: &CancellationToken,
-    ) -> Result<(), FetchError> {
+    ) -> Result<Answer, FetchError> {
         let mut validator: Option<String> = None;
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
             let (error, retry_after, immediate) = match self
-                .attempt(url, uri, sink, limit, &mut validator, cancel)
+                .attempt(url, uri, sink, limit, &mut validator, conditional, cancel)
                 .await
             {
-                Ok(()) => return Ok(()),
+                Ok(answer) => return Ok(answer),
                 Err(AttemptError::Fatal(e)) => return Err(e),
                 Err(AttemptError::Retry {
                     error,
@@ -867,7 +1047,9 @@ impl Fetcher {
         }
     }
 
-    /// One HTTP request: resumes the partial file when `validator` allows it.
+    /// One HTTP request: resumes the partial file when `validator` allows it, and asks
+    /// whether `conditional` still describes the content when starting from zero.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         url: &Url,
@@ -875,8 +1057,9 @@ impl Fetcher {
         sink: &mut Sink,
         limit: Option<u64>,
         validator: &mut Option<String>,
+        conditional: Option<&Validators>,
         cancel: &CancellationToken,
-    ) -> Result<(), AttemptError> {
+    ) -> Result<Answer, AttemptError> {
         let offset = sink.len();
         let resume = offset > 0 && validator.is_some();
         if offset > 0 && !resume {
@@ -887,6 +1070,13 @@ impl Fetcher {
             request = request
                 .header(header::RANGE, format!("bytes={offset}-"))
                 .header(header::IF_RANGE, v);
+        } else if let Some(c) = conditional {
+            if let Some(etag) = &c.etag {
+                request = request.header(header::IF_NONE_MATCH, etag);
+            }
+            if let Some(date) = &c.last_modified {
+                request = request.header(header::IF_MODIFIED_SINCE, date);
+            }
         }
         let waited = self.connect_timeout + self.idle_timeout;
         let response = tokio::select! {
@@ -907,6 +1097,11 @@ impl Fetcher {
         let status = response.status();
         let headers = response.headers();
         let next_validator = resume_validator(headers);
+        let validators = Validators::of(headers);
+        if status == StatusCode::NOT_MODIFIED && !resume && conditional.is_some() {
+            debug!(uri, "not modified");
+            return Ok(Answer::NotModified);
+        }
         if status == StatusCode::PARTIAL_CONTENT {
             let wanted = if resume { offset } else { 0 };
             if !range_continues(headers, wanted) {
@@ -967,6 +1162,7 @@ impl Fetcher {
         }
 
         let expected_total = response.content_length().map(|n| sink.len() + n);
+        sink.set_total(expected_total);
         if let (Some(limit), Some(total)) = (limit, expected_total)
             && total > limit
         {
@@ -1034,7 +1230,7 @@ impl Fetcher {
                 detail: None,
             }));
         }
-        Ok(())
+        Ok(Answer::Body(validators))
     }
 
     /// Copies a local file (no retries: local errors do not go away by waiting).
@@ -1067,6 +1263,7 @@ impl Fetcher {
                 declared: Some(meta.len()),
             });
         }
+        sink.set_total(Some(meta.len()));
         let mut buf = vec![0u8; WRITE_CHUNK];
         loop {
             let n = tokio::select! {
@@ -1213,6 +1410,20 @@ pub(crate) fn parse_checksum(body: &[u8], kind: ChecksumType) -> Option<String> 
 pub(crate) fn hash_file(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; WRITE_CHUNK];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex::encode(hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// MD5 of a file, lower-case hex (blocking).
+pub(crate) fn md5_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Md5::new();
     let mut buf = vec![0u8; WRITE_CHUNK];
     loop {
         let n = file.read(&mut buf)?;

@@ -20,7 +20,7 @@ use super::paths::{self, Layout};
 use crate::model::{ArtifactPath, ArtifactStatus, ArtifactType, JobId};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Most requests run in one transaction.
 const MAX_BATCH: usize = 256;
@@ -33,6 +33,10 @@ pub const REASON_MISSING: &str = "missing after restart";
 
 /// The schema. `origin` is `push` (downloaded by the store) or `create` (a pull artifact
 /// the job writes); job ids are stored as the `i64` with the same bits as the `u64`.
+/// `blobs` is the shared cache (one row per file in `cache/blobs`, `used_ms` for LRU
+/// eviction, `mtime_ns` to notice a blob changed in place); `sources` remembers, per URI,
+/// the content last downloaded from it and the server's validators for revalidation.
+/// Version 1 (no cache) is upgraded by adding the cache tables.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS artifacts (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -52,6 +56,23 @@ CREATE TABLE IF NOT EXISTS artifacts (
 CREATE INDEX IF NOT EXISTS artifacts_job ON artifacts (job, kind, alias);
 CREATE INDEX IF NOT EXISTS artifacts_status ON artifacts (status);
 CREATE INDEX IF NOT EXISTS artifacts_alias ON artifacts (alias);
+CREATE INDEX IF NOT EXISTS artifacts_sha256 ON artifacts (sha256);
+CREATE TABLE IF NOT EXISTS blobs (
+    sha256     TEXT    PRIMARY KEY,
+    size       INTEGER NOT NULL,
+    mtime_ns   INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    used_ms    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS blobs_used ON blobs (used_ms);
+CREATE TABLE IF NOT EXISTS sources (
+    uri           TEXT    PRIMARY KEY,
+    sha256        TEXT    NOT NULL,
+    etag          TEXT,
+    last_modified TEXT,
+    fetched_ms    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sources_sha256 ON sources (sha256);
 ";
 
 /// Columns of an [`ArtifactRecord`], in [`record_from_row`]'s order.
@@ -189,6 +210,8 @@ pub(crate) struct Recovery {
     pub(crate) damaged: u64,
     /// Temporary files removed.
     pub(crate) temp_files: u64,
+    /// Cache blobs (or their rows) dropped because they were missing, damaged or unknown.
+    pub(crate) blobs_dropped: u64,
 }
 
 impl Index {
@@ -197,7 +220,8 @@ impl Index {
     pub(crate) fn open(layout: &Layout, verify: bool) -> Result<(Index, Recovery), StoreError> {
         let path = layout.index_path();
         let mut conn = open_connection(&path)?;
-        let recovery = recover(&mut conn, layout, verify)?;
+        let mut recovery = recover(&mut conn, layout, verify)?;
+        recovery.blobs_dropped = super::cache::recover(&mut conn, layout)?;
         let (tx, rx) = std_mpsc::channel::<Task>();
         std::thread::Builder::new()
             .name("artifact-index".into())

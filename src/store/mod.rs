@@ -13,11 +13,13 @@
 //! - `error`: [`StoreError`].
 
 mod builder;
+mod cache;
 mod error;
 mod fetch;
 mod index;
 mod paths;
 mod pool;
+mod transfer;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -25,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -33,23 +35,26 @@ use tracing::{debug, info, instrument, warn};
 
 pub use builder::{
     DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_AFTER_CAP, DEFAULT_WORKERS, StoreBuilder,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_PROGRESS_INTERVAL, DEFAULT_RETRY_AFTER_CAP, DEFAULT_WORKERS,
+    StoreBuilder,
 };
+pub use cache::{ByteProgress, CacheStats};
 pub use error::StoreError;
 pub use index::{
     ArtifactFilter, ArtifactPage, ArtifactRecord, Page, REASON_INTERRUPTED, REASON_MISSING,
 };
 
 use builder::Settings;
-use fetch::{Expected, FetchError, Fetched, Fetcher, Source, SourceError};
-use index::{Index, NewArtifact, StatusUpdate};
+use cache::{BlobRow, Cache, Landed, Pin};
+use fetch::{Fetcher, Source, SourceError, Validators};
+use index::{Index, NewArtifact};
 use paths::Layout;
-use pool::{Pool, Slot};
+use pool::Pool;
+use transfer::Transfer;
 
 use crate::error::BoxError;
 use crate::model::{
-    ArtifactDescription, ArtifactPath, ArtifactStatus, ArtifactStatusChange, ArtifactType,
-    ChecksumSource, JobId,
+    ArtifactDescription, ArtifactPath, ArtifactStatus, ArtifactStatusChange, ArtifactType, JobId,
 };
 use crate::traits::ArtifactManager;
 
@@ -161,6 +166,8 @@ struct Core {
     tasks: TaskTracker,
     /// Source of [`JobEntry::generation`].
     generations: std::sync::atomic::AtomicU64,
+    /// The shared cache's flights, pins and progress channel.
+    cache: Arc<Cache>,
 }
 
 /// A job with transfers in flight.
@@ -222,6 +229,7 @@ impl Store {
             interrupted = recovery.interrupted,
             damaged = recovery.damaged,
             temp_files = recovery.temp_files,
+            blobs_dropped = recovery.blobs_dropped,
             "store opened"
         );
         let root_token = CancellationToken::new();
@@ -235,6 +243,7 @@ impl Store {
             root_token: root_token.clone(),
             tasks: TaskTracker::new(),
             generations: std::sync::atomic::AtomicU64::new(0),
+            cache: Cache::new(),
         });
         Ok(Store {
             handle: Arc::new(Handle {
@@ -372,6 +381,7 @@ impl Store {
                 collector,
                 guard,
                 slot: Some(slot),
+                hold: None,
             };
             tokio::spawn(transfer.run());
             Ok(path)
@@ -436,6 +446,78 @@ impl Store {
             entry.tracker.close();
             entry.tracker.wait().await;
         }
+    }
+
+    /// Removes a job from the store: cancels its transfers (as [`cancel`](Self::cancel)),
+    /// deletes its index rows and its directory `<root>/jobs/<job>`, and releases its
+    /// cached blobs (an eviction pass follows when the cache is bounded). Other jobs, and
+    /// transfers they share with this job, are not disturbed. Returns how many artifacts
+    /// (pushed and created) the job had.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Index`], [`StoreError::Io`] when the directory cannot be removed (the
+    /// rows are gone by then), [`StoreError::Closed`].
+    pub async fn remove_job(&self, job: JobId) -> Result<u64, StoreError> {
+        self.cancel(job).await;
+        let core = &self.handle.core;
+        let removed = core
+            .index
+            .call("remove job", move |conn| cache::delete_job_rows(conn, job))
+            .await?;
+        let dir = core.layout.job_dir(job);
+        let target = dir.clone();
+        blocking(
+            &dir,
+            "remove job directory",
+            move || match std::fs::symlink_metadata(&target) {
+                Ok(meta) if meta.is_dir() => {
+                    std::fs::remove_dir_all(&target).map_err(|source| StoreError::Io {
+                        op: "remove job directory",
+                        path: target.clone(),
+                        source,
+                    })
+                }
+                Ok(_) => std::fs::remove_file(&target).map_err(|source| StoreError::Io {
+                    op: "remove",
+                    path: target.clone(),
+                    source,
+                }),
+                Err(_) => Ok(()),
+            },
+        )
+        .await?;
+        info!(%job, artifacts = removed, "job removed");
+        core.evict().await;
+        Ok(removed)
+    }
+
+    /// What the shared cache holds: blobs, bytes, referenced bytes, the bound and the
+    /// transfers in flight.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Index`], [`StoreError::Closed`].
+    pub async fn cache_stats(&self) -> Result<CacheStats, StoreError> {
+        let core = &self.handle.core;
+        let (blobs, bytes, referenced_bytes) = core.index.call("cache usage", cache::usage).await?;
+        Ok(CacheStats {
+            blobs,
+            bytes,
+            referenced_bytes,
+            max_bytes: core.settings.cache_max_bytes,
+            transfers: core.cache.transfers(),
+        })
+    }
+
+    /// Subscribes to byte progress: one [`ByteProgress`] per artifact at most every
+    /// [`StoreBuilder::progress_interval`], plus one when its size is known and one at its
+    /// end (a cache hit gets just the last). A subscriber that falls more than a few
+    /// thousand events behind loses the oldest (`RecvError::Lagged`) and goes on;
+    /// transfers never wait for subscribers. Events published before the call are not
+    /// seen.
+    pub fn subscribe_progress(&self) -> broadcast::Receiver<ByteProgress> {
+        self.handle.core.cache.progress.subscribe()
     }
 
     /// Stops the store: refuses new pushes and creates, cancels every transfer (`FAILED`,
@@ -507,6 +589,109 @@ impl Core {
         .await
     }
 
+    /// A blob of content `sha256` in the cache that can be trusted (see
+    /// [`Self::trust`]), pinned; `None` when there is none.
+    async fn hit(self: &Arc<Self>, sha256: &str) -> Option<Arc<Landed>> {
+        let pin = self.cache.pins.pin(sha256);
+        let key = sha256.to_owned();
+        let row = self
+            .index
+            .call("look up cached blob", move |conn| {
+                cache::get_blob(conn, &key)
+            })
+            .await;
+        match row {
+            Ok(Some(row)) => self.trust(row, pin).await,
+            Ok(None) => None,
+            Err(e) => {
+                warn!(sha256, cause = %e, "cannot look up the cache; downloading");
+                None
+            }
+        }
+    }
+
+    /// Checks the blob of `row` (size; mtime, or the full content with
+    /// [`StoreBuilder::verify_cache_hits`]). A blob that fails is removed and forgotten,
+    /// so the artifact is downloaded again.
+    async fn trust(self: &Arc<Self>, row: BlobRow, pin: Pin) -> Option<Arc<Landed>> {
+        let path = self.layout.blob_path(&row.sha256);
+        let rehash = self.settings.verify_cache_hits;
+        let checked = {
+            let (path, row) = (path.clone(), row.clone());
+            tokio::task::spawn_blocking(move || cache::check_blob(&path, &row, rehash)).await
+        };
+        let sha256 = row.sha256.clone();
+        match checked {
+            Ok(Ok(mtime)) => {
+                self.index.cast("mark cached blob used", move |conn| {
+                    cache::touch(conn, &sha256, mtime)
+                });
+                Some(Arc::new(Landed {
+                    sha256: row.sha256,
+                    size: row.size,
+                    path,
+                    _pin: pin,
+                }))
+            }
+            Ok(Err(reason)) => {
+                warn!(sha256, reason, "cached blob cannot be trusted; dropping it");
+                fetch::remove_quietly(&path).await;
+                let forgotten = self
+                    .index
+                    .call("forget cached blob", move |conn| {
+                        cache::forget_blob(conn, &sha256)
+                    })
+                    .await;
+                if let Err(e) = forgotten {
+                    warn!(cause = %e, "cannot forget the damaged blob");
+                }
+                None
+            }
+            Err(e) => {
+                warn!(cause = %e, "blob check failed");
+                None
+            }
+        }
+    }
+
+    /// What `uri` served last time, still in the cache and trustworthy, with the
+    /// server's validators to ask whether it is still current.
+    async fn revalidation(self: &Arc<Self>, uri: &str) -> Option<(Validators, Arc<Landed>)> {
+        let key = uri.to_owned();
+        let found = self
+            .index
+            .call("look up source", move |conn| cache::get_source(conn, &key))
+            .await;
+        let (row, validators) = match found {
+            Ok(found) => found?,
+            Err(e) => {
+                warn!(uri, cause = %e, "cannot look up the cache; downloading");
+                return None;
+            }
+        };
+        let pin = self.cache.pins.pin(&row.sha256);
+        let landed = self.trust(row, pin).await?;
+        Some((validators, landed))
+    }
+
+    /// One eviction pass, when the cache is bounded (failures are logged).
+    async fn evict(self: &Arc<Self>) {
+        let Some(bound) = self.settings.cache_max_bytes else {
+            return;
+        };
+        let layout = self.layout.clone();
+        let pins = Arc::clone(&self.cache.pins);
+        let evicted = self
+            .index
+            .call("evict", move |conn| {
+                cache::evict(conn, &layout, bound, &pins)
+            })
+            .await;
+        if let Err(e) = evicted {
+            warn!(cause = %e, "eviction failed");
+        }
+    }
+
     /// Registers one more transfer for `job`.
     fn register(self: &Arc<Self>, job: JobId) -> JobGuard {
         let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
@@ -561,188 +746,6 @@ impl Drop for JobGuard {
             jobs.remove(&self.job);
         }
     }
-}
-
-/// One queued or running transfer.
-struct Transfer {
-    /// The store.
-    core: Arc<Core>,
-    /// Row id.
-    id: i64,
-    /// The job.
-    job: JobId,
-    /// The alias (for the temporary file's name and logs).
-    alias: String,
-    /// The URI as given.
-    uri: String,
-    /// The checked URI.
-    source: Source,
-    /// Expected SHA-256, lower-case.
-    sha256: Option<String>,
-    /// The checksum file to fetch first.
-    checksum: Option<(Source, ChecksumSource)>,
-    /// The final path.
-    path: ArtifactPath,
-    /// Its directory.
-    dir: PathBuf,
-    /// Where statuses go.
-    collector: mpsc::Sender<ArtifactStatusChange>,
-    /// Registration with the job (cancellation) and the store.
-    guard: JobGuard,
-    /// Its place in the worker queue, taken at push time; `None` once taken out.
-    slot: Option<oneshot::Receiver<Slot>>,
-}
-
-impl Transfer {
-    /// Waits for a worker, transfers, records and reports the outcome.
-    #[instrument(name = "transfer", skip_all, fields(job = %self.job, id = self.id, alias = %self.alias))]
-    async fn run(mut self) {
-        let outcome = self.execute().await;
-        let core = &self.core;
-        let change = match outcome {
-            Ok(fetched) => {
-                let update = StatusUpdate {
-                    id: self.id,
-                    status: ArtifactStatus::Ready,
-                    size: Some(fetched.size),
-                    sha256: Some(fetched.sha256.clone()),
-                    error: None,
-                };
-                match core.index.update(update).await {
-                    Ok(()) => {
-                        info!(size = fetched.size, sha256 = %fetched.sha256, "ready");
-                        ArtifactStatusChange::new(self.path.clone(), ArtifactStatus::Ready)
-                    }
-                    Err(e) => {
-                        let reason = format!("cannot record READY in the index: {e}");
-                        warn!(reason, "failed");
-                        fetch::remove_quietly(self.path.as_path()).await;
-                        self.fail_in_index(&reason).await;
-                        ArtifactStatusChange::failed(self.path.clone(), reason)
-                    }
-                }
-            }
-            Err(e) => {
-                let reason = if e.is_cancelled() && core.root_token.is_cancelled() {
-                    REASON_CLOSED.to_owned()
-                } else {
-                    e.to_string()
-                };
-                if e.is_cancelled() {
-                    info!(reason, "stopped");
-                } else {
-                    warn!(reason, "failed");
-                }
-                self.fail_in_index(&reason).await;
-                ArtifactStatusChange::failed(self.path.clone(), reason)
-            }
-        };
-        // Released before the send: `cancel_job` and `close` wait for the clean-up, not
-        // for room in the collector.
-        let Transfer {
-            collector, guard, ..
-        } = self;
-        drop(guard);
-        let _ = collector.send(change).await;
-    }
-
-    /// Records FAILED (logged if the index fails too).
-    async fn fail_in_index(&self, reason: &str) {
-        let update = StatusUpdate {
-            id: self.id,
-            status: ArtifactStatus::Failed,
-            size: None,
-            sha256: None,
-            error: Some(reason.to_owned()),
-        };
-        if let Err(e) = self.core.index.update(update).await {
-            warn!(cause = %e, "cannot record FAILED in the index");
-        }
-    }
-
-    /// Everything up to a file at the final path.
-    async fn execute(&mut self) -> Result<Fetched, FetchError> {
-        let core = &self.core;
-        let cancel = &self.guard.cancel;
-        let Some(queued) = self.slot.take() else {
-            return Err(FetchError::Cancelled);
-        };
-        let _slot = tokio::select! {
-            biased;
-            () = cancel.cancelled() => return Err(FetchError::Cancelled),
-            slot = queued => slot.map_err(|_| FetchError::Cancelled)?,
-        };
-        core.index.update_later(StatusUpdate {
-            id: self.id,
-            status: ArtifactStatus::Downloading,
-            size: None,
-            sha256: None,
-            error: None,
-        });
-        tokio::select! {
-            biased;
-            _ = self.collector.send(ArtifactStatusChange::new(
-                self.path.clone(),
-                ArtifactStatus::Downloading,
-            )) => {}
-            () = cancel.cancelled() => return Err(FetchError::Cancelled),
-        }
-        let mut expected = Expected {
-            sha256: self.sha256.clone(),
-            checksum: None,
-        };
-        if let Some((source, checksum)) = &self.checksum {
-            expected.checksum = Some(
-                core.fetcher
-                    .fetch_checksum(source, &checksum.uri, checksum.kind, cancel)
-                    .await?,
-            );
-        }
-        let temp = self.dir.join(paths::temp_name(&self.alias, self.id));
-        let fetched = core
-            .fetcher
-            .download(&self.source, &self.uri, &temp, &expected, cancel)
-            .await?;
-        if cancel.is_cancelled() {
-            fetch::remove_quietly(&temp).await;
-            return Err(FetchError::Cancelled);
-        }
-        let target = self.path.as_path().to_owned();
-        let dir = self.dir.clone();
-        let fsync = core.settings.fsync;
-        let placed = tokio::task::spawn_blocking(move || place(&temp, &target, &dir, fsync))
-            .await
-            .map_err(|e| FetchError::Io {
-                op: "rename",
-                path: self.path.as_path().to_owned(),
-                source: std::io::Error::other(e.to_string()),
-            })
-            .and_then(|r| r);
-        if let Err(e) = placed {
-            fetch::remove_quietly(&self.dir.join(paths::temp_name(&self.alias, self.id))).await;
-            return Err(e);
-        }
-        Ok(fetched)
-    }
-}
-
-/// Renames the verified temporary file onto the final path and fsyncs the directory, so
-/// the rename survives a power loss (blocking).
-fn place(temp: &Path, target: &Path, dir: &Path, fsync: bool) -> Result<(), FetchError> {
-    std::fs::rename(temp, target).map_err(|source| FetchError::Io {
-        op: "rename temporary file onto",
-        path: target.to_owned(),
-        source,
-    })?;
-    if fsync {
-        let synced = std::fs::File::open(dir).and_then(|d| d.sync_all());
-        if let Err(source) = synced {
-            // The file is complete; only its durability across a power loss is in doubt,
-            // and recovery at open handles that. Do not fail a good file for it.
-            warn!(dir = %dir.display(), cause = %source, "cannot fsync directory");
-        }
-    }
-    Ok(())
 }
 
 /// Runs blocking work on the blocking pool.

@@ -4,7 +4,9 @@
 //! ```text
 //! <root>/index.sqlite                       the index (plus its -wal and -shm files)
 //! <root>/jobs/<job>/<type>/<name>           an artifact; <type> is ArtifactType::as_str()
-//! <root>/jobs/<job>/<type>/.<alias>.<id>.part   a transfer in progress (row id <id>)
+//! <root>/jobs/<job>/<type>/.<alias>.<id>.part   a copy being made (row id <id>)
+//! <root>/cache/blobs/<sha256>               a verified, read-only blob
+//! <root>/cache/tmp/<flight>.part            a transfer in progress
 //! ```
 //!
 //! `<name>` is the alias, or `<alias>~<n>` when an earlier artifact of the same job and type
@@ -29,6 +31,9 @@ pub(crate) const INDEX_FILE: &str = "index.sqlite";
 
 /// Name of the directory under the root that holds one directory per job.
 pub(crate) const JOBS_DIR: &str = "jobs";
+
+/// The shared cache's directory under the root.
+pub(crate) const CACHE_DIR: &str = "cache";
 
 /// Checks that `alias` is a plain file name.
 pub(crate) fn validate_alias(job: JobId, alias: &str) -> Result<(), StoreError> {
@@ -125,7 +130,36 @@ impl Layout {
             path: jobs.clone(),
             source,
         })?;
-        Ok(Layout { root: canonical })
+        let layout = Layout { root: canonical };
+        for dir in [layout.blobs_dir(), layout.cache_tmp_dir()] {
+            std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+                op: "create directory",
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        Ok(layout)
+    }
+
+    /// `<root>/cache/blobs`: one read-only file per content, named by its SHA-256.
+    pub(crate) fn blobs_dir(&self) -> PathBuf {
+        self.root.join(CACHE_DIR).join("blobs")
+    }
+
+    /// `<root>/cache/tmp`: transfers in progress (`<flight>.part`), on the same file
+    /// system as the blobs so a finished one is renamed into place.
+    pub(crate) fn cache_tmp_dir(&self) -> PathBuf {
+        self.root.join(CACHE_DIR).join("tmp")
+    }
+
+    /// The blob of content `sha256` (lower-case hex, checked by the caller).
+    pub(crate) fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.blobs_dir().join(sha256)
+    }
+
+    /// `<root>/jobs/<job>` (not created).
+    pub(crate) fn job_dir(&self, job: JobId) -> PathBuf {
+        self.jobs_dir().join(job.0.to_string())
     }
 
     /// The canonical root.
@@ -145,7 +179,7 @@ impl Layout {
 
     /// `<root>/jobs/<job>/<type>` (not created).
     pub(crate) fn type_dir(&self, job: JobId, kind: ArtifactType) -> PathBuf {
-        self.jobs_dir().join(job.0.to_string()).join(kind.as_str())
+        self.job_dir(job).join(kind.as_str())
     }
 
     /// Creates `<root>/jobs/<job>/<type>` if needed, one level at a time and without

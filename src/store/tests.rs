@@ -10,8 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use super::index::StatusUpdate;
 use super::*;
-use crate::model::{ArtifactStatus, ChecksumType};
+use crate::model::{ArtifactStatus, ChecksumSource, ChecksumType};
 
 /// What the server does for one request.
 #[derive(Clone, Default)]

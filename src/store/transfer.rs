@@ -1,0 +1,460 @@
+//! The life of one pushed artifact after `push` returned ([`Transfer`]), and of one shared
+//! download ([`FlightRun`]).
+//!
+//! A transfer first asks the cache: a push whose expected SHA-256 is cached (and still
+//! trustworthy) is placed from the blob with no download. Otherwise it joins the flight
+//! for its key (URI, expected digest, checksum file) or starts one; the flight takes a
+//! worker (the place the push took in the FIFO queue), downloads once into
+//! `cache/tmp/<flight>.part`, verifies, and moves the result into the cache. Every transfer
+//! waiting on it then gets its own hard link (or copy), its own index row update and its
+//! own statuses. A job that is cancelled leaves its flight; the last one to leave cancels
+//! it and waits until its temporary file is gone.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tracing::{debug, info, instrument, warn};
+
+use super::cache::{self, BlobRow, FlightKey, FlightState, Landed, Ticket};
+use super::fetch::{self, ByteCount, Downloaded, Expected, FetchError, Fetched, Meter, Source};
+use super::index::StatusUpdate;
+use super::pool::Slot;
+use super::{Core, JobGuard, REASON_CLOSED, paths};
+use crate::model::{
+    ArtifactPath, ArtifactStatus, ArtifactStatusChange, ChecksumSource, ChecksumType, JobId,
+};
+
+/// One queued or running pushed artifact.
+pub(super) struct Transfer {
+    /// The store.
+    pub(super) core: Arc<Core>,
+    /// Row id.
+    pub(super) id: i64,
+    /// The job.
+    pub(super) job: JobId,
+    /// The alias (for the temporary file's name and logs).
+    pub(super) alias: String,
+    /// The URI as given.
+    pub(super) uri: String,
+    /// The checked URI.
+    pub(super) source: Source,
+    /// Expected SHA-256, lower-case.
+    pub(super) sha256: Option<String>,
+    /// The checksum file to check against.
+    pub(super) checksum: Option<(Source, ChecksumSource)>,
+    /// The final path.
+    pub(super) path: ArtifactPath,
+    /// Its directory.
+    pub(super) dir: std::path::PathBuf,
+    /// Where statuses go.
+    pub(super) collector: mpsc::Sender<ArtifactStatusChange>,
+    /// Registration with the job (cancellation) and the store.
+    pub(super) guard: JobGuard,
+    /// Its place in the worker queue, taken at push time; `None` once taken out.
+    pub(super) slot: Option<oneshot::Receiver<Slot>>,
+    /// The blob behind the file, pinned until `READY` is recorded.
+    pub(super) hold: Option<Arc<Landed>>,
+}
+
+impl Transfer {
+    /// Gets the file in place, records and reports the outcome.
+    #[instrument(name = "transfer", skip_all, fields(job = %self.job, id = self.id, alias = %self.alias))]
+    pub(super) async fn run(mut self) {
+        let outcome = self.execute().await;
+        let core = &self.core;
+        let change = match outcome {
+            Ok(fetched) => {
+                let update = StatusUpdate {
+                    id: self.id,
+                    status: ArtifactStatus::Ready,
+                    size: Some(fetched.size),
+                    sha256: Some(fetched.sha256.clone()),
+                    error: None,
+                };
+                match core.index.update(update).await {
+                    Ok(()) => {
+                        info!(size = fetched.size, sha256 = %fetched.sha256, "ready");
+                        ArtifactStatusChange::new(self.path.clone(), ArtifactStatus::Ready)
+                    }
+                    Err(e) => {
+                        let reason = format!("cannot record READY in the index: {e}");
+                        warn!(reason, "failed");
+                        fetch::remove_quietly(self.path.as_path()).await;
+                        self.fail_in_index(&reason).await;
+                        ArtifactStatusChange::failed(self.path.clone(), reason)
+                    }
+                }
+            }
+            Err(e) => {
+                let reason = if e.is_cancelled() && core.root_token.is_cancelled() {
+                    REASON_CLOSED.to_owned()
+                } else {
+                    e.to_string()
+                };
+                if e.is_cancelled() {
+                    info!(reason, "stopped");
+                } else {
+                    warn!(reason, "failed");
+                }
+                self.fail_in_index(&reason).await;
+                ArtifactStatusChange::failed(self.path.clone(), reason)
+            }
+        };
+        // Released before the send: `cancel_job` and `close` wait for the clean-up, not
+        // for room in the collector. The blob's pin goes too: the row references it now.
+        let Transfer {
+            collector, guard, ..
+        } = self;
+        drop(guard);
+        let _ = collector.send(change).await;
+    }
+
+    /// Records FAILED (logged if the index fails too).
+    async fn fail_in_index(&self, reason: &str) {
+        let update = StatusUpdate {
+            id: self.id,
+            status: ArtifactStatus::Failed,
+            size: None,
+            sha256: None,
+            error: Some(reason.to_owned()),
+        };
+        if let Err(e) = self.core.index.update(update).await {
+            warn!(cause = %e, "cannot record FAILED in the index");
+        }
+    }
+
+    /// Everything up to a file at the final path.
+    async fn execute(&mut self) -> Result<Fetched, FetchError> {
+        let core = Arc::clone(&self.core);
+        let cancel = self.guard.cancel.clone();
+        let Some(queued) = self.slot.take() else {
+            return Err(FetchError::Cancelled);
+        };
+        if cancel.is_cancelled() {
+            return Err(FetchError::Cancelled);
+        }
+        if let Some(sha256) = &self.sha256
+            && let Some(landed) = core.hit(sha256).await
+        {
+            debug!(sha256, "cache hit");
+            drop(queued);
+            if let Some((source, checksum)) = &self.checksum {
+                check_blob_against(&core, &landed, source, checksum, &cancel).await?;
+            }
+            return self.deliver(landed, &cancel).await;
+        }
+        let conditional = match (&self.sha256, &self.source) {
+            (None, Source::Http(_)) => core.revalidation(&self.uri).await,
+            _ => None,
+        };
+        let key = FlightKey {
+            uri: self.uri.clone(),
+            sha256: self.sha256.clone(),
+            checksum: self.checksum.as_ref().map(|(_, c)| (c.uri.clone(), c.kind)),
+        };
+        let (ticket, created) = core.cache.join(key.clone(), &core.root_token);
+        if created {
+            let run = FlightRun {
+                core: Arc::clone(&core),
+                flight: Arc::clone(&ticket.flight),
+                key,
+                source: self.source.clone(),
+                checksum: self.checksum.clone(),
+                conditional,
+                slot: queued,
+                _tracked: core.tasks.token(),
+            };
+            tokio::spawn(run.run());
+        } else {
+            drop(queued);
+        }
+        let landed = self.wait(ticket, &cancel).await?;
+        self.deliver(landed, &cancel).await
+    }
+
+    /// Waits for the flight, reporting `DOWNLOADING` when it starts and forwarding its
+    /// byte progress. On cancellation, leaves it (the last one out waits until it has
+    /// cleaned up).
+    async fn wait(
+        &mut self,
+        ticket: Ticket,
+        cancel: &CancellationToken,
+    ) -> Result<Arc<Landed>, FetchError> {
+        let flight = Arc::clone(&ticket.flight);
+        let mut state = flight.state.subscribe();
+        let mut bytes = flight.bytes.subscribe();
+        let mut downloading = false;
+        'waiting: loop {
+            let current = state.borrow_and_update().clone();
+            match current {
+                FlightState::Done(Ok(landed)) => return Ok(landed),
+                FlightState::Done(Err(reason)) => {
+                    if cancel.is_cancelled() {
+                        break 'waiting;
+                    }
+                    return Err(FetchError::Shared(reason));
+                }
+                FlightState::Running if !downloading => {
+                    downloading = true;
+                    self.core.index.update_later(StatusUpdate {
+                        id: self.id,
+                        status: ArtifactStatus::Downloading,
+                        size: None,
+                        sha256: None,
+                        error: None,
+                    });
+                    tokio::select! {
+                        biased;
+                        () = cancel.cancelled() => break 'waiting,
+                        _ = self.collector.send(ArtifactStatusChange::new(
+                            self.path.clone(),
+                            ArtifactStatus::Downloading,
+                        )) => {}
+                    }
+                }
+                FlightState::Queued | FlightState::Running => {}
+            }
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break 'waiting,
+                changed = state.changed() => {
+                    if changed.is_err() {
+                        return Err(FetchError::Shared("the shared transfer was lost".into()));
+                    }
+                }
+                Ok(()) = bytes.changed() => {
+                    let count = *bytes.borrow_and_update();
+                    self.core.cache.publish(self.job, &self.path, count);
+                }
+            }
+        }
+        if ticket.release() {
+            while !matches!(*state.borrow_and_update(), FlightState::Done(_)) {
+                if state.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+        Err(FetchError::Cancelled)
+    }
+
+    /// Gives the job its file from the blob and keeps the blob pinned until `READY` is
+    /// recorded.
+    async fn deliver(
+        &mut self,
+        landed: Arc<Landed>,
+        cancel: &CancellationToken,
+    ) -> Result<Fetched, FetchError> {
+        if cancel.is_cancelled() {
+            return Err(FetchError::Cancelled);
+        }
+        let blob = landed.path.clone();
+        let target = self.path.as_path().to_owned();
+        let temp = self.dir.join(paths::temp_name(&self.alias, self.id));
+        let dir = self.dir.clone();
+        let copy = self.core.settings.copy_job_files;
+        let fsync = self.core.settings.fsync;
+        tokio::task::spawn_blocking(move || cache::place(&blob, &target, &temp, &dir, copy, fsync))
+            .await
+            .map_err(|e| FetchError::Io {
+                op: "place",
+                path: self.path.as_path().to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        let count = ByteCount {
+            done: landed.size,
+            total: Some(landed.size),
+        };
+        self.core.cache.publish(self.job, &self.path, count);
+        let fetched = Fetched {
+            size: landed.size,
+            sha256: landed.sha256.clone(),
+            validators: fetch::Validators::default(),
+        };
+        self.hold = Some(landed);
+        Ok(fetched)
+    }
+}
+
+/// Checks a cached blob against the push's checksum file (which is fetched: only the
+/// artifact itself comes from the cache).
+async fn check_blob_against(
+    core: &Arc<Core>,
+    landed: &Landed,
+    source: &Source,
+    checksum: &ChecksumSource,
+    cancel: &CancellationToken,
+) -> Result<(), FetchError> {
+    let want = core
+        .fetcher
+        .fetch_checksum(source, &checksum.uri, checksum.kind, cancel)
+        .await?;
+    let got = match checksum.kind {
+        ChecksumType::Sha256 => landed.sha256.clone(),
+        ChecksumType::Md5 => {
+            let path = landed.path.clone();
+            tokio::task::spawn_blocking(move || fetch::md5_file(&path))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|r| r)
+                .map_err(|source| FetchError::Io {
+                    op: "hash cached blob",
+                    path: landed.path.clone(),
+                    source,
+                })?
+        }
+    };
+    if got != want.digest {
+        return Err(FetchError::ChecksumMismatch {
+            kind: checksum.kind,
+            uri: want.uri,
+            expected: want.digest,
+            got,
+        });
+    }
+    Ok(())
+}
+
+/// One shared download, run by the transfer that filed it.
+pub(super) struct FlightRun {
+    /// The store.
+    core: Arc<Core>,
+    /// The flight (state, progress, cancellation).
+    flight: Arc<cache::Flight>,
+    /// What it is filed under.
+    key: FlightKey,
+    /// Where from.
+    source: Source,
+    /// The checksum file.
+    checksum: Option<(Source, ChecksumSource)>,
+    /// A cached blob this URI served before, with the server's validators: asked about
+    /// with a conditional request.
+    conditional: Option<(fetch::Validators, Arc<Landed>)>,
+    /// The worker place the first push took.
+    slot: oneshot::Receiver<Slot>,
+    /// Counts in the store's tracker, so `close` waits for the clean-up.
+    _tracked: TaskTrackerToken,
+}
+
+impl FlightRun {
+    /// Downloads, moves the file into the cache and tells the waiters.
+    #[instrument(name = "flight", skip_all, fields(id = self.flight.id, uri = %self.key.uri))]
+    async fn run(mut self) {
+        let result = self.execute().await.map_err(|e| match e {
+            FetchError::Shared(reason) => reason,
+            e => Arc::<str>::from(e.to_string()),
+        });
+        let landed = result.is_ok();
+        if let Err(reason) = &result {
+            debug!(%reason, "transfer ended without a blob");
+        }
+        self.core.cache.finish(&self.key, &self.flight, result);
+        if landed {
+            self.core.evict().await;
+        }
+    }
+
+    async fn execute(&mut self) -> Result<Arc<Landed>, FetchError> {
+        let core = Arc::clone(&self.core);
+        let token = self.flight.token.clone();
+        let slot = &mut self.slot;
+        let _slot = tokio::select! {
+            biased;
+            () = token.cancelled() => return Err(FetchError::Cancelled),
+            slot = slot => slot.map_err(|_| FetchError::Cancelled)?,
+        };
+        self.flight.state.send_replace(FlightState::Running);
+        let mut expected = Expected {
+            sha256: self.key.sha256.clone(),
+            checksum: None,
+        };
+        if let Some((source, checksum)) = &self.checksum {
+            expected.checksum = Some(
+                core.fetcher
+                    .fetch_checksum(source, &checksum.uri, checksum.kind, &token)
+                    .await?,
+            );
+        }
+        let temp = core
+            .layout
+            .cache_tmp_dir()
+            .join(format!("{}.part", self.flight.id));
+        let meter = Meter::new(self.flight.bytes.clone(), core.settings.progress_interval);
+        let downloaded = core
+            .fetcher
+            .download(
+                &self.source,
+                &self.key.uri,
+                &temp,
+                &expected,
+                self.conditional.as_ref().map(|(v, _)| v),
+                Some(meter),
+                &token,
+            )
+            .await?;
+        let fetched = match downloaded {
+            Downloaded::NotModified => {
+                let Some((_, landed)) = self.conditional.take() else {
+                    return Err(FetchError::Shared(
+                        "the server answered 304 to an unconditional request".into(),
+                    ));
+                };
+                debug!(sha256 = %landed.sha256, "not modified; cached blob is current");
+                return Ok(landed);
+            }
+            Downloaded::File(fetched) => fetched,
+        };
+        if token.is_cancelled() {
+            fetch::remove_quietly(&temp).await;
+            return Err(FetchError::Cancelled);
+        }
+        let pin = core.cache.pins.pin(&fetched.sha256);
+        let blob = core.layout.blob_path(&fetched.sha256);
+        let sealed = {
+            let (from, to) = (temp.clone(), blob.clone());
+            tokio::task::spawn_blocking(move || cache::seal(&from, &to))
+                .await
+                .map_err(|e| FetchError::Io {
+                    op: "move into the cache",
+                    path: temp.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+                .and_then(|r| r)
+        };
+        let mtime_ns = match sealed {
+            Ok(mtime) => mtime,
+            Err(e) => {
+                fetch::remove_quietly(&temp).await;
+                return Err(e);
+            }
+        };
+        let row = BlobRow {
+            sha256: fetched.sha256.clone(),
+            size: fetched.size,
+            mtime_ns,
+        };
+        let uri = self.key.uri.clone();
+        let validators = fetched.validators.clone();
+        let recorded = core
+            .index
+            .call("record cached blob", move |conn| {
+                cache::put_blob(conn, &row, &uri, &validators)
+            })
+            .await;
+        if let Err(e) = recorded {
+            // The blob file stays; without a row it is removed at the next open.
+            return Err(FetchError::Shared(
+                format!("cannot record the downloaded file in the cache index: {e}").into(),
+            ));
+        }
+        debug!(sha256 = %fetched.sha256, size = fetched.size, "cached");
+        Ok(Arc::new(Landed {
+            sha256: fetched.sha256,
+            size: fetched.size,
+            path: blob,
+            _pin: pin,
+        }))
+    }
+}
