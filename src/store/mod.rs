@@ -382,6 +382,7 @@ impl Store {
                 guard,
                 slot: Some(slot),
                 hold: None,
+                published: None,
             };
             tokio::spawn(transfer.run());
             Ok(path)

@@ -56,6 +56,8 @@ pub(super) struct Transfer {
     pub(super) slot: Option<oneshot::Receiver<Slot>>,
     /// The blob behind the file, pinned until `READY` is recorded.
     pub(super) hold: Option<Arc<Landed>>,
+    /// The last byte count published for this artifact.
+    pub(super) published: Option<ByteCount>,
 }
 
 impl Transfer {
@@ -226,7 +228,7 @@ impl Transfer {
                 }
                 Ok(()) = bytes.changed() => {
                     let count = *bytes.borrow_and_update();
-                    self.core.cache.publish(self.job, &self.path, count);
+                    self.publish(count);
                 }
             }
         }
@@ -238,6 +240,14 @@ impl Transfer {
             }
         }
         Err(FetchError::Cancelled)
+    }
+
+    /// Publishes this artifact's byte count, unless it is the one published last.
+    fn publish(&mut self, count: ByteCount) {
+        if self.published != Some(count) {
+            self.published = Some(count);
+            self.core.cache.publish(self.job, &self.path, count);
+        }
     }
 
     /// Gives the job its file from the blob and keeps the blob pinned until `READY` is
@@ -263,11 +273,10 @@ impl Transfer {
                 path: self.path.as_path().to_owned(),
                 source: std::io::Error::other(e.to_string()),
             })??;
-        let count = ByteCount {
+        self.publish(ByteCount {
             done: landed.size,
             total: Some(landed.size),
-        };
-        self.core.cache.publish(self.job, &self.path, count);
+        });
         let fetched = Fetched {
             size: landed.size,
             sha256: landed.sha256.clone(),
@@ -346,14 +355,14 @@ impl FlightRun {
             FetchError::Shared(reason) => reason,
             e => Arc::<str>::from(e.to_string()),
         });
-        let landed = result.is_ok();
-        if let Err(reason) = &result {
-            debug!(%reason, "transfer ended without a blob");
+        match &result {
+            // The new blob is pinned, so the pass cannot take it; running it before the
+            // waiters hear of the blob means the cache is back within its bound by the
+            // time any of them is READY.
+            Ok(_) => self.core.evict().await,
+            Err(reason) => debug!(%reason, "transfer ended without a blob"),
         }
         self.core.cache.finish(&self.key, &self.flight, result);
-        if landed {
-            self.core.evict().await;
-        }
     }
 
     async fn execute(&mut self) -> Result<Arc<Landed>, FetchError> {

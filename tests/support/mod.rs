@@ -95,6 +95,30 @@ impl Statuses {
             .expect("until_terminal returns at least the terminal change")
     }
 
+    /// Waits (at most [`WAIT`]) until `path` has reported `status`; the changes stay
+    /// buffered for [`Statuses::until_terminal`].
+    pub async fn wait_for(&mut self, path: &ArtifactPath, status: ArtifactStatus) {
+        if self
+            .buffered
+            .iter()
+            .any(|c| c.path == *path && c.status == status)
+        {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let change = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {status} for {path} within {WAIT:?}"))
+                .unwrap_or_else(|| panic!("collector closed before {status} for {path}"));
+            let found = change.path == *path && change.status == status;
+            self.buffered.push(change);
+            if found {
+                return;
+            }
+        }
+    }
+
     /// Whatever has arrived already, without waiting (buffered ones first).
     pub fn drain_now(&mut self) -> Vec<ArtifactStatusChange> {
         let mut all: Vec<_> = self.buffered.drain(..).collect();

@@ -561,6 +561,26 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
         validators.push(("Accept-Ranges".to_owned(), "bytes".to_owned()));
     }
 
+    // A conditional request whose validator still matches: 304, no body.
+    let etag_matches = request
+        .header("if-none-match")
+        .is_some_and(|v| resource.etag.as_deref() == Some(v.trim()));
+    let date_matches = request.header("if-none-match").is_none()
+        && request
+            .header("if-modified-since")
+            .is_some_and(|v| resource.last_modified.as_deref() == Some(v.trim()));
+    if etag_matches || date_matches {
+        let mut head = "HTTP/1.1 304 Not Modified\r\nConnection: close\r\n".to_owned();
+        for (name, value) in &validators {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.flush().await;
+        let _ = stream.shutdown().await;
+        return;
+    }
+
     // Decide between 200, 206 and 416.
     let mut code = 200;
     let mut start = 0u64;
