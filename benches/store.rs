@@ -9,7 +9,12 @@
 //! deletes a store between runs (creating files right after deleting thousands is 7×
 //! slower); the stores are removed at the end.
 //!
-//! Environment: `BENCH_ROUNDS` (default 3), `BENCH_SETS` (default `big many one`),
+//! The `cache` part (issue 4) times one push of a 256 MiB artifact with its sha256, first
+//! downloaded into a fresh store, then answered from the cache for a second job (median
+//! of the rounds, and the ratio), and counts the requests that reach a counting in-process
+//! server when 20 jobs of the Downloader push the same URI at once (must be 1).
+//!
+//! Environment: `BENCH_ROUNDS` (default 3), `BENCH_SETS` (default `big many one cache`),
 //! `BENCH_DIR` (default `/tmp/ac-bench`), `BENCH_SETTLE_MS` (default 2000),
 //! `BENCH_WORKERS` (default 16).
 
@@ -17,12 +22,13 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use artifact_coordinator::{
-    BoxError, Config, Downloader, JobId, JobStatus, JobsController, Push, Store, Test, TestAction,
-    TestCase, async_trait,
+    ArtifactDescription, ArtifactStatus, ArtifactType, BoxError, Config, Downloader, JobId,
+    JobStatus, JobsController, Push, Store, Test, TestAction, TestCase, async_trait,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,6 +43,13 @@ struct DataSet {
     count: usize,
     size: usize,
 }
+
+/// The artifact of the cache part.
+const CACHE_SET: DataSet = DataSet {
+    name: "cache",
+    count: 1,
+    size: 256 << 20,
+};
 
 const SETS: [DataSet; 3] = [
     DataSet {
@@ -178,8 +191,9 @@ fn start_nginx(dir: &Path) -> Option<Server> {
     None
 }
 
-/// A minimal HTTP/1.1 GET file server with keep-alive, for machines without nginx.
-async fn start_tokio_server(root: PathBuf) -> Server {
+/// A minimal HTTP/1.1 GET file server with keep-alive, for machines without nginx. Counts
+/// the requests it reads in `requests`.
+async fn start_tokio_server(root: PathBuf, requests: Arc<AtomicUsize>) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -190,6 +204,7 @@ async fn start_tokio_server(root: PathBuf) -> Server {
                 continue;
             };
             let root = root.clone();
+            let requests = Arc::clone(&requests);
             tokio::spawn(async move {
                 let _ = socket.set_nodelay(true);
                 let mut buf = Vec::with_capacity(4096);
@@ -206,6 +221,7 @@ async fn start_tokio_server(root: PathBuf) -> Server {
                             Ok(n) => buf.extend_from_slice(&tmp[..n]),
                         }
                     };
+                    requests.fetch_add(1, Ordering::Relaxed);
                     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                     buf.drain(..end);
                     let path = head
@@ -335,7 +351,7 @@ fn main() {
     let rounds: usize = env_or("BENCH_ROUNDS", "3").parse().unwrap_or(3);
     let settle = Duration::from_millis(env_or("BENCH_SETTLE_MS", "2000").parse().unwrap_or(2000));
     let workers: usize = env_or("BENCH_WORKERS", "16").parse().unwrap_or(16);
-    let wanted = env_or("BENCH_SETS", "big many one");
+    let wanted = env_or("BENCH_SETS", "big many one cache");
     let sets: Vec<&DataSet> = SETS
         .iter()
         .filter(|s| wanted.split_whitespace().any(|w| w == s.name))
@@ -348,7 +364,10 @@ fn main() {
         .expect("runtime");
     let server = match start_nginx(&dir) {
         Some(s) => s,
-        None => rt.block_on(start_tokio_server(dir.join("data"))),
+        None => rt.block_on(start_tokio_server(
+            dir.join("data"),
+            Arc::new(AtomicUsize::new(0)),
+        )),
     };
     let base = format!("http://127.0.0.1:{}", server.port());
     println!(
@@ -385,7 +404,9 @@ fn main() {
             results[i].1.push(secs);
         }
     }
-    println!("\n| set | files | median s | MB/s | files/s |\n|---|---:|---:|---:|---:|");
+    if !results.is_empty() {
+        println!("\n| set | files | median s | MB/s | files/s |\n|---|---:|---:|---:|---:|");
+    }
     for (i, secs) in &results {
         let set = sets[*i];
         let m = median(&mut secs.clone());
@@ -404,6 +425,121 @@ fn main() {
             "\npeak RSS while downloading the 1 GiB artifact (whole process, server included when in-process): {rss:.1} MiB"
         );
     }
+    if wanted.split_whitespace().any(|w| w == "cache") {
+        let files = prepare(&dir, &CACHE_SET);
+        cache_part(&rt, &base, &stores, &files[0], rounds, settle);
+        single_flight_part(&rt, &dir, &stores, &files[0]);
+    }
     drop(server);
     let _ = std::fs::remove_dir_all(&stores);
+}
+
+/// Pushes one artifact of `job` with its sha256 and waits for READY; returns seconds.
+async fn push_once(store: &Store, job: u64, uri: &str, sha256: &str) -> f64 {
+    let mut description = ArtifactDescription::new(JobId(job), ArtifactType::Image, "img", uri);
+    description.sha256 = Some(sha256.to_owned());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let start = Instant::now();
+    let path = store.push(description, tx).await.expect("push");
+    loop {
+        let change = rx.recv().await.expect("status");
+        if change.path == path && change.status.is_terminal() {
+            assert_eq!(change.status, ArtifactStatus::Ready, "{change:?}");
+            return start.elapsed().as_secs_f64();
+        }
+    }
+}
+
+/// Download vs cache hit of the same 256 MiB push, in a fresh store per round.
+fn cache_part(
+    rt: &tokio::runtime::Runtime,
+    base: &str,
+    stores: &Path,
+    file: &(String, String),
+    rounds: usize,
+    settle: Duration,
+) {
+    let uri = format!("{base}/{}/{}", CACHE_SET.name, file.0);
+    let (mut downloads, mut hits) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        std::thread::sleep(settle);
+        let root = stores.join(format!("cache-{round}"));
+        let (download, hit) = rt.block_on(async {
+            let store = Store::open(&root).await.expect("open store");
+            let download = push_once(&store, 1, &uri, &file.1).await;
+            let hit = push_once(&store, 2, &uri, &file.1).await;
+            store.close().await;
+            (download, hit)
+        });
+        println!(
+            "round {} cache  download {:.4} s  hit {:.6} s  ({:.0}x)",
+            round + 1,
+            download,
+            hit,
+            download / hit
+        );
+        downloads.push(download);
+        hits.push(hit);
+    }
+    let (d, h) = (median(&mut downloads), median(&mut hits));
+    println!(
+        "\ncache: 256 MiB push downloaded {d:.4} s, from the cache {h:.6} s: {:.0}x faster (target >= 50x)",
+        d / h
+    );
+}
+
+/// 20 Downloader jobs with the same URI (no digest) at once, against a counting server.
+fn single_flight_part(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    stores: &Path,
+    file: &(String, String),
+) {
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = rt.block_on(async {
+        let server = start_tokio_server(dir.join("data"), Arc::clone(&requests)).await;
+        let uri = format!(
+            "http://127.0.0.1:{}/{}/{}",
+            server.port(),
+            CACHE_SET.name,
+            file.0
+        );
+        let mut config = Config::default();
+        config.action.test = Test {
+            test_cases: vec![TestCase {
+                case_name: "shared".into(),
+                test_actions: vec![TestAction::Push(Push {
+                    uri,
+                    alias: "rootfs".into(),
+                    ..Push::default()
+                })],
+            }],
+        };
+        let jobs: Vec<JobId> = (1..=20).map(JobId).collect();
+        let controller = Arc::new(Controller {
+            configs: jobs.iter().map(|j| (*j, config.clone())).collect(),
+            saved: Mutex::new(HashMap::new()),
+        });
+        let store = Store::open(stores.join("single-flight"))
+            .await
+            .expect("open store");
+        let (downloader, mut answers) = Downloader::new(controller, Arc::new(store.clone()));
+        let start = Instant::now();
+        for job in &jobs {
+            downloader.download(*job).await.expect("download");
+        }
+        for _ in &jobs {
+            let answer = answers.recv().await.expect("answer");
+            assert!(answer.ok, "job {} failed: {}", answer.job, answer.msg);
+        }
+        let secs = start.elapsed().as_secs_f64();
+        downloader.shutdown().await.expect("shutdown");
+        store.close().await;
+        drop(server);
+        secs
+    });
+    println!(
+        "single flight: 20 jobs pushing one 256 MiB URI at once: {} request(s) reached the server, all 20 OK in {counted:.3} s (target: 1 request)",
+        requests.load(Ordering::Relaxed)
+    );
 }
