@@ -77,7 +77,10 @@
 //!   progress, status reports and the OK/FAIL answer.
 //! - `store`: the [`Store`], the real [`ArtifactManager`]: files under one root, an
 //!   SQLite index ([`Store::list`], [`Store::info`]) and a bounded pool of HTTP(S) and
-//!   `file://` transfers with retries, resume and verification ([`StoreBuilder`]).
+//!   `file://` transfers with retries, resume and verification ([`StoreBuilder`]), and a
+//!   shared content-addressed cache: single-flight transfers, cache hits by sha256,
+//!   revalidation by URL, eviction ([`Store::cache_stats`], [`Store::remove_job`]) and byte
+//!   progress ([`Store::subscribe_progress`], [`ByteProgress`]).
 //! - `error`: the error enums ([`ConfigError`], [`DownloadError`]) and [`BoxError`].
 //!
 //! # Features

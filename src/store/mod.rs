@@ -9,7 +9,11 @@
 //! - `index`: the SQLite index on its own thread; [`ArtifactRecord`], [`ArtifactFilter`],
 //!   [`Page`], [`ArtifactPage`]; crash recovery at open.
 //! - `paths`: the directory layout, alias validation, temporary file names.
-//! - `fetch`: the transfer engine (streaming, hashing, retries, resume, verification).
+//! - `fetch`: the transfer engine (streaming, hashing, retries, resume, verification,
+//!   conditional requests, byte meters).
+//! - `cache`: the content-addressed cache (blobs, pins, single-flight table, eviction).
+//! - `transfer`: the life of one pushed artifact and of one shared download.
+//! - `pool`: the FIFO worker pool.
 //! - `error`: [`StoreError`].
 
 mod builder;
@@ -77,15 +81,27 @@ pub const REASON_CLOSED: &str = "store closed";
 /// <root>/index.sqlite                      the index (WAL: also -wal and -shm)
 /// <root>/jobs/<job>/<type>/<alias>         artifacts; <type> is image, result, test or yaml
 /// <root>/jobs/<job>/<type>/<alias>~1       a second artifact with the same alias
-/// <root>/jobs/<job>/<type>/.<alias>.<id>.part   a transfer in progress
+/// <root>/jobs/<job>/<type>/.<alias>.<id>.part   a copy being made (copy mode)
+/// <root>/cache/blobs/<sha256>              the shared cache: verified, read-only blobs
+/// <root>/cache/tmp/<n>.part                a transfer in progress
 /// ```
+///
+/// # The shared cache
+///
+/// Every download lands in the cache first; the job's path is a read-only hard link to
+/// the blob (see the `cache` module's notes, [`StoreBuilder::copy_job_files`]). A push
+/// with an expected `sha256` that is cached needs no request; pushes of one URI in flight
+/// at the same time share one transfer; a push without a digest revalidates with the
+/// server (or downloads) and is never answered on the URL alone; see
+/// [`StoreBuilder::cache_max_bytes`] for eviction and [`Store::remove_job`].
 ///
 /// # Guarantees
 ///
 /// - A path reported `READY` holds the complete file, verified against the description's
 ///   `sha256` and checksum file when it has them: files are streamed to a temporary file
-///   beside the target, hashed on the fly, fsynced (unless switched off), and atomically
-///   renamed into place. A `FAILED` artifact leaves neither a file nor a temporary file.
+///   in `cache/tmp`, hashed on the fly, fsynced (unless switched off), atomically renamed
+///   onto their blob, and linked (atomically) at the job's path, whose directory is then
+///   fsynced. A `FAILED` artifact leaves neither a file nor a temporary file.
 /// - Memory per transfer is constant (two 256 KiB buffers: one collecting from the
 ///   network while the other is hashed and written), whatever the file's size.
 /// - Aliases are plain file names and nothing is written outside the root.
