@@ -110,7 +110,7 @@ async fn demo() -> io::Result<ExitCode> {
     writeln!(out)?;
     writeln!(
         out,
-        "demo: the shared image rootfs.img took {shared_requests} request{} at the server (jobs 1 and 2 both push it)",
+        "demo: the shared image rootfs.img took {shared_requests} request{} at the server (jobs 1 and 2 both push it; the Store fetches it once)",
         if shared_requests == 1 { "" } else { "s" }
     )?;
     if let Some(config) = answers.first().and_then(|a| a.config.as_ref()) {
@@ -181,7 +181,7 @@ fn jobs(server: &Server, generated: &Generated) -> io::Result<Vec<JobSpec>> {
                 "job_name": "smoke-odroid",
                 "device_type": "odroid-u3",
                 "action": {
-                    "deploy": { "images": [ { "uri": server.url("rootfs.img") } ] },
+                    "deploy": { "images": [ { "uri": server.url("rootfs.img"), "sha256": generated.rootfs_sha256 } ] },
                     "test": { "test_cases": [ {
                         "case_name": "modules",
                         "test_actions": [

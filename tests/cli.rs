@@ -549,6 +549,10 @@ async fn demo_runs_offline_with_exactly_one_failure() {
         out.contains("demo: 3 jobs OK, 1 failed as intended"),
         "{out}"
     );
+    assert!(
+        out.contains("rootfs.img took 1 request at the server"),
+        "the image two jobs share is fetched once: {out}"
+    );
     let store = err
         .lines()
         .find_map(|line| line.strip_prefix("demo: store in "))
