@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{median, peak_rss_mib};
+use common::{PerfControl, median, peak_rss_mib};
 
 /// A controller that does nothing, with a config of `artifacts` pushes.
 struct NoopController {
@@ -92,7 +92,7 @@ fn config(artifacts: usize) -> Config {
 }
 
 /// One run: returns (register seconds, feed seconds).
-async fn run_once(jobs: usize, artifacts: usize) -> (f64, f64) {
+async fn run_once(jobs: usize, artifacts: usize, mut perf: PerfControl) -> (f64, f64, PerfControl) {
     let manager = Arc::new(FakeManager::default());
     let controller = Arc::new(NoopController {
         config: config(artifacts),
@@ -127,6 +127,7 @@ async fn run_once(jobs: usize, artifacts: usize) -> (f64, f64) {
         .clone()
         .expect("collector");
 
+    perf.enable();
     let t1 = Instant::now();
     let producer = tokio::spawn(async move {
         for change in changes {
@@ -140,6 +141,7 @@ async fn run_once(jobs: usize, artifacts: usize) -> (f64, f64) {
         seen[n.job.0 as usize] = true;
     }
     let feed = t1.elapsed().as_secs_f64();
+    perf.disable();
     producer.await.expect("producer");
 
     let stats = downloader.stats().await.expect("stats");
@@ -150,6 +152,24 @@ async fn run_once(jobs: usize, artifacts: usize) -> (f64, f64) {
     );
     assert_eq!(stats.status_changes, (jobs * artifacts) as u64);
     downloader.shutdown().await.expect("shutdown");
+    (register, feed, perf)
+}
+
+/// One run as a task on the runtime's workers, like every goroutine of the Go twin (the
+/// thread that calls `block_on` would be a third thread on two cores).
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    jobs: usize,
+    artifacts: usize,
+    perf: &mut PerfControl,
+) -> (f64, f64) {
+    let control = std::mem::take(perf);
+    let (register, feed, control) = rt.block_on(async move {
+        tokio::spawn(run_once(jobs, artifacts, control))
+            .await
+            .expect("bench task")
+    });
+    *perf = control;
     (register, feed)
 }
 
@@ -178,10 +198,11 @@ fn main() {
     let artifacts = env("BENCH_ARTIFACTS", 100);
     let total = (jobs * artifacts) as f64;
     let rt = runtime();
+    let mut perf = PerfControl::from_env();
 
     let (mut rates, mut feeds, mut regs) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
-        let (register, feed) = rt.block_on(run_once(jobs, artifacts));
+        let (register, feed) = measure(&rt, jobs, artifacts, &mut perf);
         println!(
             "rust-actor changes_per_s={:.0} jobs={jobs} artifacts={artifacts} feed_s={feed:.4} register_s={register:.4} wall_s={:.4} peak_rss_mib={:.1}",
             total / feed,
@@ -216,7 +237,11 @@ fn main() {
     group.bench_function(format!("ready_changes_{jobs}x{artifacts}"), |b| {
         b.iter_custom(|iters| {
             (0..iters)
-                .map(|_| Duration::from_secs_f64(rt.block_on(run_once(jobs, artifacts)).1))
+                .map(|_| {
+                    Duration::from_secs_f64(
+                        measure(&rt, jobs, artifacts, &mut PerfControl::default()).1,
+                    )
+                })
                 .sum()
         })
     });
