@@ -4,9 +4,26 @@
 //! registered and its config saved, then one producer sends all READY changes,
 //! interleaved across jobs, and the clock stops when every job has its OK.
 //!
-//! Prints one line per run and a median line in the Go harness's format, then runs the
-//! same measurement under criterion. `BENCH_RUNS`, `BENCH_JOBS`, `BENCH_ARTIFACTS` change
-//! the defaults (15, 1000, 100).
+//! How it matches the Go twin:
+//! - the `ArtifactStatusChange` values (path strings included) are built before the clock
+//!   starts, as Go makes its paths before timing and then sends a string header without a
+//!   copy; the actor owns and frees each change it receives, which is timed;
+//! - the producer sends each change with `send().await` on the collector channel (Go: one
+//!   goroutine, `collector <- change`); the controller's status call does nothing;
+//! - every run, the notification reader included, is a task on a 2-worker runtime (Go:
+//!   goroutines with `GOMAXPROCS=2`); `block_on`'s thread would be a third thread;
+//! - `changes_per_s` = changes / feed seconds, first send to last OK, like Go's.
+//!
+//! Prints one line per run and a median line in the Go harness's format, then a scaling
+//! line (10,000 against 100,000 artifacts, see [`scaling`]), then runs the Go-twin
+//! measurement under criterion.
+//!
+//! Environment: `BENCH_RUNS`, `BENCH_JOBS`, `BENCH_ARTIFACTS` (defaults 15, 1000, 100),
+//! `BENCH_THREADS` (runtime workers, default 2 as `GOMAXPROCS=2` on this machine; 1 for a
+//! current-thread runtime), `BENCH_SCALING_RUNS` (default 15), `BENCH_SKIP_SCALING=1`,
+//! `BENCH_SKIP_CRITERION=1`. `benches/coordinator_vs_go.sh` runs this next to the Go twin.
+//! `PERF_CTL_FIFO`/`PERF_ACK_FIFO` switch `perf record --control` on around each timed
+//! feed only (around each registration instead with `BENCH_PERF_PHASE=register`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -99,6 +116,10 @@ async fn run_once(jobs: usize, artifacts: usize, mut perf: PerfControl) -> (f64,
     });
     let (downloader, mut notifications) = Downloader::new(controller, manager.clone());
 
+    let phase_register = std::env::var("BENCH_PERF_PHASE").is_ok_and(|p| p == "register");
+    if phase_register {
+        perf.enable();
+    }
     let t0 = Instant::now();
     let mut registering = tokio::task::JoinSet::new();
     for j in 0..jobs {
@@ -109,8 +130,10 @@ async fn run_once(jobs: usize, artifacts: usize, mut perf: PerfControl) -> (f64,
         r.expect("join").expect("download");
     }
     let register = t0.elapsed().as_secs_f64();
+    perf.disable();
 
-    // Built before the clock starts: Go's string-to-ArtifactPath conversion is free.
+    // Built before the clock starts, as the Go twin makes its paths before timing (it sends a
+    // string header, no copy); the actor receives and drops each one.
     let mut changes = Vec::with_capacity(jobs * artifacts);
     for a in 0..artifacts {
         for j in 0..jobs {
@@ -127,7 +150,9 @@ async fn run_once(jobs: usize, artifacts: usize, mut perf: PerfControl) -> (f64,
         .clone()
         .expect("collector");
 
-    perf.enable();
+    if !phase_register {
+        perf.enable();
+    }
     let t1 = Instant::now();
     let producer = tokio::spawn(async move {
         for change in changes {
@@ -192,6 +217,36 @@ fn runtime() -> tokio::runtime::Runtime {
     builder.enable_all().build().expect("runtime")
 }
 
+/// How the coordinator's time grows with the number of artifacts in flight: 100 jobs × 100
+/// artifacts (10,000) against 1,000 jobs × 100 (100,000), the Go twin's shape. Only the
+/// number of jobs changes, so every job does the same work and a linear coordinator takes
+/// 10× as long. `t` is register + feed (the whole run: every job registered, every READY
+/// handled, every OK received), the median of `runs` runs, the two shapes alternating so
+/// that noise from other processes hits both alike.
+fn scaling(rt: &tokio::runtime::Runtime, runs: usize, perf: &mut PerfControl) {
+    const ARTIFACTS: usize = 100;
+    let (small, large) = (100, 1000);
+    let (mut t1, mut t2, mut f1, mut f2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs.max(1) {
+        let (register, feed) = measure(rt, small, ARTIFACTS, perf);
+        t1.push(register + feed);
+        f1.push(feed);
+        let (register, feed) = measure(rt, large, ARTIFACTS, perf);
+        t2.push(register + feed);
+        f2.push(feed);
+    }
+    let (t1, t2) = (median(&mut t1), median(&mut t2));
+    let (f1, f2) = (median(&mut f1), median(&mut f2));
+    println!(
+        "scaling coordinator n1={} t1_s={t1:.5} n2={} t2_s={t2:.5} ratio={:.2} feed_ratio={:.2} runs={} (t = register + feed, median)",
+        small * ARTIFACTS,
+        large * ARTIFACTS,
+        t2 / t1,
+        f2 / f1,
+        runs.max(1)
+    );
+}
+
 fn main() {
     let runs = env("BENCH_RUNS", 15);
     let jobs = env("BENCH_JOBS", 1000);
@@ -223,6 +278,10 @@ fn main() {
         median(&mut regs),
         peak_rss_mib()
     );
+
+    if std::env::var_os("BENCH_SKIP_SCALING").is_none() {
+        scaling(&rt, env("BENCH_SCALING_RUNS", 15), &mut perf);
+    }
 
     if std::env::var_os("BENCH_SKIP_CRITERION").is_some() {
         return;
