@@ -4,9 +4,26 @@
 //! registered and its config saved, then one producer sends all READY changes,
 //! interleaved across jobs, and the clock stops when every job has its OK.
 //!
-//! Prints one line per run and a median line in the Go harness's format, then runs the
-//! same measurement under criterion. `BENCH_RUNS`, `BENCH_JOBS`, `BENCH_ARTIFACTS` change
-//! the defaults (15, 1000, 100).
+//! How it matches the Go twin:
+//! - the `ArtifactStatusChange` values (path strings included) are built before the clock
+//!   starts, as Go makes its paths before timing and then sends a string header without a
+//!   copy; the actor owns and frees each change it receives, which is timed;
+//! - the producer sends each change with `send().await` on the collector channel (Go: one
+//!   goroutine, `collector <- change`); the controller's status call does nothing;
+//! - every run, the notification reader included, is a task on a 2-worker runtime (Go:
+//!   goroutines with `GOMAXPROCS=2`); `block_on`'s thread would be a third thread;
+//! - `changes_per_s` = changes / feed seconds, first send to last OK, like Go's.
+//!
+//! Prints one line per run and a median line in the Go harness's format, then a scaling
+//! line (10,000 against 100,000 artifacts, see [`scaling`]), then runs the Go-twin
+//! measurement under criterion.
+//!
+//! Environment: `BENCH_RUNS`, `BENCH_JOBS`, `BENCH_ARTIFACTS` (defaults 15, 1000, 100),
+//! `BENCH_THREADS` (runtime workers, default 2 as `GOMAXPROCS=2` on this machine; 1 for a
+//! current-thread runtime), `BENCH_SCALING_RUNS` (default 15), `BENCH_SKIP_SCALING=1`,
+//! `BENCH_SKIP_CRITERION=1`. `benches/coordinator_vs_go.sh` runs this next to the Go twin.
+//! `PERF_CTL_FIFO`/`PERF_ACK_FIFO` switch `perf record --control` on around each timed
+//! feed only (around each registration instead with `BENCH_PERF_PHASE=register`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +38,7 @@ use tokio::sync::mpsc;
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{median, peak_rss_mib};
+use common::{PerfControl, median, peak_rss_mib};
 
 /// A controller that does nothing, with a config of `artifacts` pushes.
 struct NoopController {
@@ -92,13 +109,17 @@ fn config(artifacts: usize) -> Config {
 }
 
 /// One run: returns (register seconds, feed seconds).
-async fn run_once(jobs: usize, artifacts: usize) -> (f64, f64) {
+async fn run_once(jobs: usize, artifacts: usize, mut perf: PerfControl) -> (f64, f64, PerfControl) {
     let manager = Arc::new(FakeManager::default());
     let controller = Arc::new(NoopController {
         config: config(artifacts),
     });
     let (downloader, mut notifications) = Downloader::new(controller, manager.clone());
 
+    let phase_register = std::env::var("BENCH_PERF_PHASE").is_ok_and(|p| p == "register");
+    if phase_register {
+        perf.enable();
+    }
     let t0 = Instant::now();
     let mut registering = tokio::task::JoinSet::new();
     for j in 0..jobs {
@@ -109,8 +130,10 @@ async fn run_once(jobs: usize, artifacts: usize) -> (f64, f64) {
         r.expect("join").expect("download");
     }
     let register = t0.elapsed().as_secs_f64();
+    perf.disable();
 
-    // Built before the clock starts: Go's string-to-ArtifactPath conversion is free.
+    // Built before the clock starts, as the Go twin makes its paths before timing (it sends a
+    // string header, no copy); the actor receives and drops each one.
     let mut changes = Vec::with_capacity(jobs * artifacts);
     for a in 0..artifacts {
         for j in 0..jobs {
@@ -127,6 +150,9 @@ async fn run_once(jobs: usize, artifacts: usize) -> (f64, f64) {
         .clone()
         .expect("collector");
 
+    if !phase_register {
+        perf.enable();
+    }
     let t1 = Instant::now();
     let producer = tokio::spawn(async move {
         for change in changes {
@@ -140,6 +166,7 @@ async fn run_once(jobs: usize, artifacts: usize) -> (f64, f64) {
         seen[n.job.0 as usize] = true;
     }
     let feed = t1.elapsed().as_secs_f64();
+    perf.disable();
     producer.await.expect("producer");
 
     let stats = downloader.stats().await.expect("stats");
@@ -150,6 +177,24 @@ async fn run_once(jobs: usize, artifacts: usize) -> (f64, f64) {
     );
     assert_eq!(stats.status_changes, (jobs * artifacts) as u64);
     downloader.shutdown().await.expect("shutdown");
+    (register, feed, perf)
+}
+
+/// One run as a task on the runtime's workers, like every goroutine of the Go twin (the
+/// thread that calls `block_on` would be a third thread on two cores).
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    jobs: usize,
+    artifacts: usize,
+    perf: &mut PerfControl,
+) -> (f64, f64) {
+    let control = std::mem::take(perf);
+    let (register, feed, control) = rt.block_on(async move {
+        tokio::spawn(run_once(jobs, artifacts, control))
+            .await
+            .expect("bench task")
+    });
+    *perf = control;
     (register, feed)
 }
 
@@ -172,16 +217,47 @@ fn runtime() -> tokio::runtime::Runtime {
     builder.enable_all().build().expect("runtime")
 }
 
+/// How the coordinator's time grows with the number of artifacts in flight: 100 jobs × 100
+/// artifacts (10,000) against 1,000 jobs × 100 (100,000), the Go twin's shape. Only the
+/// number of jobs changes, so every job does the same work and a linear coordinator takes
+/// 10× as long. `t` is register + feed (the whole run: every job registered, every READY
+/// handled, every OK received), the median of `runs` runs, the two shapes alternating so
+/// that noise from other processes hits both alike.
+fn scaling(rt: &tokio::runtime::Runtime, runs: usize, perf: &mut PerfControl) {
+    const ARTIFACTS: usize = 100;
+    let (small, large) = (100, 1000);
+    let (mut t1, mut t2, mut f1, mut f2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs.max(1) {
+        let (register, feed) = measure(rt, small, ARTIFACTS, perf);
+        t1.push(register + feed);
+        f1.push(feed);
+        let (register, feed) = measure(rt, large, ARTIFACTS, perf);
+        t2.push(register + feed);
+        f2.push(feed);
+    }
+    let (t1, t2) = (median(&mut t1), median(&mut t2));
+    let (f1, f2) = (median(&mut f1), median(&mut f2));
+    println!(
+        "scaling coordinator n1={} t1_s={t1:.5} n2={} t2_s={t2:.5} ratio={:.2} feed_ratio={:.2} runs={} (t = register + feed, median)",
+        small * ARTIFACTS,
+        large * ARTIFACTS,
+        t2 / t1,
+        f2 / f1,
+        runs.max(1)
+    );
+}
+
 fn main() {
     let runs = env("BENCH_RUNS", 15);
     let jobs = env("BENCH_JOBS", 1000);
     let artifacts = env("BENCH_ARTIFACTS", 100);
     let total = (jobs * artifacts) as f64;
     let rt = runtime();
+    let mut perf = PerfControl::from_env();
 
     let (mut rates, mut feeds, mut regs) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
-        let (register, feed) = rt.block_on(run_once(jobs, artifacts));
+        let (register, feed) = measure(&rt, jobs, artifacts, &mut perf);
         println!(
             "rust-actor changes_per_s={:.0} jobs={jobs} artifacts={artifacts} feed_s={feed:.4} register_s={register:.4} wall_s={:.4} peak_rss_mib={:.1}",
             total / feed,
@@ -203,6 +279,10 @@ fn main() {
         peak_rss_mib()
     );
 
+    if std::env::var_os("BENCH_SKIP_SCALING").is_none() {
+        scaling(&rt, env("BENCH_SCALING_RUNS", 15), &mut perf);
+    }
+
     if std::env::var_os("BENCH_SKIP_CRITERION").is_some() {
         return;
     }
@@ -216,7 +296,11 @@ fn main() {
     group.bench_function(format!("ready_changes_{jobs}x{artifacts}"), |b| {
         b.iter_custom(|iters| {
             (0..iters)
-                .map(|_| Duration::from_secs_f64(rt.block_on(run_once(jobs, artifacts)).1))
+                .map(|_| {
+                    Duration::from_secs_f64(
+                        measure(&rt, jobs, artifacts, &mut PerfControl::default()).1,
+                    )
+                })
                 .sum()
         })
     });

@@ -19,11 +19,9 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 
 use rustc_hash::FxHashMap as HashMap;
 use tokio::sync::{mpsc, oneshot};
@@ -37,11 +35,35 @@ use crate::model::{
 };
 use crate::traits::{ArtifactManager, JobsController};
 
+mod call;
+mod paths;
+use call::{DetachedCall, StatusCall};
+use paths::{PathEntry, PathKey, PathKeyer, PathTable};
+
 /// Info set when an artifact fails (Weles' string).
 pub const INFO_FAILED: &str = "Failed to download artifact";
 
 /// Default capacity of the collector channel handed to the artifact manager.
 pub const DEFAULT_COLLECTOR_CAPACITY: usize = 4096;
+
+/// Most status changes taken off the collector at once.
+const BATCH: usize = 512;
+
+/// After a batch of changes, how many times the actor yields to the scheduler, when nothing
+/// is ready, before it waits to be woken. While changes stream in, a waiting actor is woken
+/// by every first change after it ran dry: on a multi-threaded runtime the wake-up puts it
+/// on the sender's worker, behind the sender, so the two take turns on one core (and the
+/// idle worker is parked and unparked, a system call each time). A yielding actor stays
+/// scheduled on its own worker: the sender's wake-ups cost nothing and both run at once.
+/// When the stream stops, this costs at most this many extra polls.
+const IDLE_YIELDS: u32 = 32;
+
+/// How many changes ahead of the one being hashed its path's bytes are prefetched.
+const PATH_PREFETCH: usize = 4;
+
+/// How many changes ahead of the one being applied its path's buckets are prefetched:
+/// enough to cover a memory access, few enough that they are still cached when used.
+const BUCKET_PREFETCH: usize = 16;
 
 /// Snapshot of the Downloader's state, for tests and monitoring.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -126,10 +148,15 @@ impl DownloaderBuilder {
             events: event_rx,
             event_tx,
             notifier: notify_tx,
-            path2job: HashMap::default(),
+            path2job: PathTable::default(),
+            keyer: PathKeyer::new(),
+            keys: Vec::with_capacity(BATCH),
+            outbox: None,
+            outbox_spare: None,
             info: HashMap::default(),
             orphans: HashMap::default(),
             planning: HashMap::default(),
+            planning_jobs: HashMap::default(),
             tasks: JoinSet::new(),
             task_owner: HashMap::default(),
             cancel_waiters: Vec::new(),
@@ -320,7 +347,7 @@ enum Event {
     Registered {
         job: JobId,
         run: u64,
-        path: ArtifactPath,
+        key: PathKey,
         alias: Box<str>,
     },
     /// The planning task ended.
@@ -369,16 +396,6 @@ enum TaskKind {
     Worker,
 }
 
-/// One entry of the path-to-job map.
-struct PathEntry {
-    job: JobId,
-    /// The run of the job that registered the path: a late change for an earlier run of a
-    /// job id that was downloaded again never counts towards the new run.
-    run: u64,
-    /// Alias, to name the artifact in a FAIL message.
-    alias: Box<str>,
-}
-
 /// Per-job progress (the twin of Weles' `jobArtifactsInfo`).
 struct JobInfo {
     run: u64,
@@ -392,6 +409,31 @@ struct JobInfo {
     stop: Arc<AtomicBool>,
     /// The job's worker, once a status call has not completed at once.
     worker: Option<Worker>,
+    /// Aliases of the registered paths, to name the artifact in a FAIL message.
+    aliases: Aliases,
+}
+
+/// The aliases of one job's paths, in one string (a job with many artifacts is answered
+/// with two frees, not one per artifact). Searched only for a FAIL message, once per job.
+#[derive(Default)]
+struct Aliases {
+    /// Every alias, one after the other.
+    text: String,
+    /// Path key, and where its alias ends in `text` (it starts where the previous ends).
+    ends: Vec<(PathKey, usize)>,
+}
+
+impl Aliases {
+    fn push(&mut self, key: PathKey, alias: &str) {
+        self.text.push_str(alias);
+        self.ends.push((key, self.text.len()));
+    }
+
+    fn get(&self, key: PathKey) -> Option<&str> {
+        let i = self.ends.iter().position(|&(k, _)| k == key)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1].1 };
+        Some(&self.text[start..self.ends[i].1])
+    }
 }
 
 struct Worker {
@@ -408,8 +450,6 @@ struct Planning {
     respond_to: Option<oneshot::Sender<Result<(), DownloadError>>>,
 }
 
-type StatusFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
-
 struct Actor {
     jobs: Arc<dyn JobsController>,
     artifacts: Arc<dyn ArtifactManager>,
@@ -420,14 +460,25 @@ struct Actor {
     events: mpsc::UnboundedReceiver<Event>,
     event_tx: mpsc::UnboundedSender<Event>,
     notifier: mpsc::UnboundedSender<Notification>,
-    /// Which job (and run) each registered path belongs to.
-    path2job: HashMap<ArtifactPath, PathEntry>,
+    /// Which job (and run) each registered path belongs to, by [`PathKey`].
+    path2job: PathTable,
+    /// Hashes paths into [`PathKey`]s; planning tasks get a copy.
+    keyer: PathKeyer,
+    /// The keys of the batch being handled (kept to reuse its allocation).
+    keys: Vec<PathKey>,
+    /// While a batch of changes is handled: its answers, sent when the batch is done.
+    outbox: Option<Vec<Notification>>,
+    /// The outbox's allocation between batches.
+    outbox_spare: Option<Vec<Notification>>,
     /// Progress of every job in flight.
     info: HashMap<JobId, JobInfo>,
-    /// Terminal changes whose path is not registered yet, by path.
-    orphans: HashMap<ArtifactPath, ArtifactStatusChange>,
+    /// Terminal changes whose path is not registered yet, by path key.
+    orphans: HashMap<PathKey, ArtifactStatusChange>,
     /// Planning tasks in progress, by run.
     planning: HashMap<u64, Planning>,
+    /// How many planning tasks each job has (more than one only while a cancelled or
+    /// answered run's task is still stopping).
+    planning_jobs: HashMap<JobId, usize>,
     /// Every task the actor spawned; reaped in the main loop to notice panics.
     tasks: JoinSet<()>,
     /// Job, run and kind of every task in `tasks`.
@@ -442,17 +493,25 @@ struct Actor {
 
 impl Actor {
     async fn run(mut self) -> Result<(), String> {
-        let mut batch = Vec::with_capacity(256);
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut events = Vec::with_capacity(BATCH);
+        // Yields left before the actor waits for a wake-up again (see `IDLE_YIELDS`).
+        let mut yields = 0u32;
         loop {
             tokio::select! {
                 biased;
-                Some(event) = self.events.recv() => self.handle_event(event),
-                n = self.collector.recv_many(&mut batch, 256) => {
+                // The actor holds a sender, so the event channel never closes either.
+                _ = self.events.recv_many(&mut events, BATCH) => self.handle_events(&mut events),
+                n = self.collector.recv_many(&mut batch, BATCH) => {
                     // The actor holds a sender, so the collector never closes.
                     debug_assert!(n > 0);
-                    for change in batch.drain(..) {
-                        self.handle_change(change);
-                    }
+                    self.handle_changes(&mut batch);
+                    yields = IDLE_YIELDS;
+                }
+                // Nothing else is ready: yield instead of waiting, for a little while after
+                // a batch of changes.
+                () = tokio::task::yield_now(), if yields > 0 => {
+                    yields -= 1;
                 }
                 Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     self.handle_joined(joined);
@@ -497,6 +556,7 @@ impl Actor {
         self.info.clear();
         self.path2job.clear();
         self.orphans.clear();
+        self.planning_jobs.clear();
         for (_, planning) in self.planning.drain() {
             if let Some(respond_to) = planning.respond_to {
                 let _ = respond_to.send(Err(DownloadError::Closed));
@@ -531,7 +591,7 @@ impl Actor {
 
     /// `download(job)`: registers the job and spawns its planning task.
     fn start(&mut self, job: JobId, respond_to: oneshot::Sender<Result<(), DownloadError>>) {
-        if self.info.contains_key(&job) || self.planning.values().any(|p| p.job == job) {
+        if self.info.contains_key(&job) || self.planning_jobs.contains_key(&job) {
             let _ = respond_to.send(Err(DownloadError::AlreadyInFlight { job }));
             return;
         }
@@ -549,6 +609,7 @@ impl Actor {
                 finishing: false,
                 stop: stop.clone(),
                 worker: None,
+                aliases: Aliases::default(),
             },
         );
         let plan = Plan {
@@ -558,11 +619,13 @@ impl Actor {
             artifacts: self.artifacts.clone(),
             collector: self.collector_tx.clone(),
             events: self.event_tx.clone(),
+            keyer: self.keyer,
             stop,
         };
         let abort = self.tasks.spawn(plan.run());
         let id = abort.id();
         self.task_owner.insert(id, (job, run, TaskKind::Planning));
+        *self.planning_jobs.entry(job).or_default() += 1;
         self.planning.insert(
             run,
             Planning {
@@ -589,7 +652,7 @@ impl Actor {
             planning.abort.abort();
             waiting.insert(planning.id);
         }
-        self.path2job.retain(|_, entry| entry.job != job);
+        self.path2job.retain(|entry| entry.job != job.0);
         debug!(%job, tasks = waiting.len(), "job cancelled");
         if waiting.is_empty() {
             let _ = respond_to.send(());
@@ -598,15 +661,28 @@ impl Actor {
         }
     }
 
+    /// A batch of events; the buckets of the registered paths are prefetched first (a
+    /// burst of registrations inserts into a table much bigger than the cache).
+    fn handle_events(&mut self, events: &mut Vec<Event>) {
+        for event in events.iter() {
+            if let Event::Registered { key, .. } = event {
+                self.path2job.prefetch(*key);
+            }
+        }
+        for event in events.drain(..) {
+            self.handle_event(event);
+        }
+    }
+
     fn handle_event(&mut self, event: Event) {
         match event {
             Event::Registered {
                 job,
                 run,
-                path,
+                key,
                 alias,
             } => {
-                let orphan = self.orphans.remove(&path);
+                let orphan = self.orphans.remove(&key);
                 let Some(info) = self
                     .info
                     .get_mut(&job)
@@ -615,15 +691,15 @@ impl Actor {
                     return;
                 };
                 info.paths += 1;
-                self.path2job.insert(path, PathEntry { job, run, alias });
+                info.aliases.push(key, &alias);
+                self.path2job.insert(key, PathEntry { job: job.0, run });
                 if let Some(change) = orphan {
-                    self.apply_change(change);
+                    self.apply_change(change, key);
                 }
             }
             Event::PlanEnded { job, run, result } => {
                 let respond_to = self
-                    .planning
-                    .remove(&run)
+                    .remove_planning(run)
                     .and_then(|mut planning| planning.respond_to.take());
                 self.forget_orphans_if_idle();
                 match result {
@@ -670,30 +746,62 @@ impl Actor {
         self.info.get_mut(&job).filter(|i| i.run == run)
     }
 
-    fn handle_change(&mut self, change: ArtifactStatusChange) {
-        self.status_changes += 1;
-        self.apply_change(change);
+    /// A batch off the collector. Every path is hashed first; then, while each change is
+    /// applied, the buckets of a change a little further on are prefetched, so the lookups
+    /// find their buckets in cache instead of waiting for memory one after the other.
+    fn handle_changes(&mut self, batch: &mut Vec<ArtifactStatusChange>) {
+        self.status_changes += batch.len() as u64;
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.clear();
+        for (i, change) in batch.iter().enumerate() {
+            if let Some(ahead) = batch.get(i + PATH_PREFETCH) {
+                paths::prefetch(ahead.path.0.as_ptr());
+            }
+            keys.push(self.keyer.key(&change.path.0));
+        }
+        for &key in keys.iter().take(BUCKET_PREFETCH) {
+            self.path2job.prefetch(key);
+        }
+        // The batch's answers go out together at its end: the receiver is woken once per
+        // batch instead of once per answer (a wake-up can cost a system call).
+        let mut outbox = self.outbox_spare.take().unwrap_or_default();
+        outbox.clear();
+        self.outbox = Some(outbox);
+        for (i, (change, &key)) in batch.drain(..).zip(&keys).enumerate() {
+            if let Some(&ahead) = keys.get(i + BUCKET_PREFETCH) {
+                self.path2job.prefetch(ahead);
+            }
+            self.apply_change(change, key);
+        }
+        self.keys = keys;
+        if let Some(mut outbox) = self.outbox.take() {
+            for notification in outbox.drain(..) {
+                self.notify(notification);
+            }
+            self.outbox_spare = Some(outbox);
+        }
     }
 
-    fn apply_change(&mut self, change: ArtifactStatusChange) {
+    /// Applies one status change; `key` is the key of its path.
+    fn apply_change(&mut self, change: ArtifactStatusChange, key: PathKey) {
         if !change.status.is_terminal() {
             // Non-terminal statuses change nothing, except that they retire the path of
             // an answered job (as Weles did).
-            if let Some(entry) = self.path2job.get(&change.path)
-                && !self.is_live(entry.job, entry.run)
+            if let Some(entry) = self.path2job.get(key)
+                && !self.is_live(JobId(entry.job), entry.run)
             {
-                self.path2job.remove(&change.path);
+                self.path2job.remove(key);
             }
             return;
         }
-        let Some(entry) = self.path2job.remove(&change.path) else {
+        let Some(entry) = self.path2job.remove(key) else {
             // Not registered (yet): a manager may report before `push_artifact` returns.
             if !self.planning.is_empty() {
-                self.orphans.insert(change.path.clone(), change);
+                self.orphans.insert(key, change);
             }
             return;
         };
-        let job = entry.job;
+        let job = JobId(entry.job);
         let Some(info) = self
             .info
             .get_mut(&job)
@@ -706,20 +814,45 @@ impl Actor {
             ArtifactStatus::Pending | ArtifactStatus::Downloading => {}
             ArtifactStatus::Ready => {
                 info.ready += 1;
-                let text = ready_info(info.ready, info.paths);
-                self.status(job, text);
-                self.answer_if_ready(job);
+                // The path is not needed any more: its buffer carries the info.
+                let text = ready_info(change.path.0, info.ready, info.paths);
+                let complete = info.config_saved && info.failed == 0 && info.ready == info.paths;
+                let called = call_status(
+                    &self.jobs,
+                    job,
+                    info,
+                    text,
+                    &mut self.tasks,
+                    &mut self.task_owner,
+                    &self.event_tx,
+                );
+                match called {
+                    Err(msg) => self.answer(job, Outcome::Fail(msg)),
+                    Ok(()) if complete => self.finish(job, Outcome::Ok),
+                    Ok(()) => {}
+                }
             }
             ArtifactStatus::Failed => {
-                let alias = entry.alias;
                 info.failed += 1;
+                let alias = info.aliases.get(key).unwrap_or("?");
                 let reason = change.reason.as_deref().unwrap_or("unknown reason");
                 let msg = format!(
                     "failed to download artifact {alias} ({}): {reason}",
                     change.path
                 );
-                self.status(job, INFO_FAILED.to_owned());
-                self.finish(job, Outcome::Fail(msg));
+                let called = call_status(
+                    &self.jobs,
+                    job,
+                    info,
+                    INFO_FAILED.to_owned(),
+                    &mut self.tasks,
+                    &mut self.task_owner,
+                    &self.event_tx,
+                );
+                match called {
+                    Err(msg) => self.answer(job, Outcome::Fail(msg)),
+                    Ok(()) => self.finish(job, Outcome::Fail(msg)),
+                }
             }
         }
     }
@@ -732,40 +865,6 @@ impl Actor {
             .is_some_and(|i| !i.finishing && i.config_saved && i.failed == 0 && i.ready == i.paths);
         if ready {
             self.finish(job, Outcome::Ok);
-        }
-    }
-
-    /// Makes one status call for the job, in order with its earlier calls.
-    fn status(&mut self, job: JobId, text: String) {
-        let Some(info) = self.info.get_mut(&job) else {
-            return;
-        };
-        if let Some(worker) = &info.worker {
-            let _ = worker.tx.send(WorkerCmd::Status(text));
-            return;
-        }
-        let jobs = self.jobs.clone();
-        let mut call: StatusFuture = Box::pin(async move {
-            jobs.set_status_and_info(job, JobStatus::Downloading, text)
-                .await
-        });
-        // Poll once in place: a controller that answers at once costs no task.
-        match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(err)) => {
-                let msg = status_failed(&err);
-                self.answer(job, Outcome::Fail(msg));
-            }
-            Poll::Pending => {
-                // The call goes on in a worker, and every later call of the job after it.
-                let run = info.run;
-                let (tx, rx) = mpsc::unbounded_channel();
-                let task = worker(job, run, self.jobs.clone(), call, rx, self.event_tx.clone());
-                let abort = self.tasks.spawn(task);
-                let id = abort.id();
-                self.task_owner.insert(id, (job, run, TaskKind::Worker));
-                info.worker = Some(Worker { tx, id, abort });
-            }
         }
     }
 
@@ -811,6 +910,14 @@ impl Actor {
             }
         };
         debug!(%job, ok = notification.ok, "job answered");
+        match &mut self.outbox {
+            Some(outbox) => outbox.push(notification),
+            None => self.notify(notification),
+        }
+    }
+
+    fn notify(&self, notification: Notification) {
+        let job = notification.job;
         if self.notifier.send(notification).is_err() {
             debug!(%job, "notification receiver dropped");
         }
@@ -850,7 +957,7 @@ impl Actor {
             }
         }
         if let Some((_, run, TaskKind::Planning)) = owner
-            && let Some(mut planning) = self.planning.remove(&run)
+            && let Some(mut planning) = self.remove_planning(run)
         {
             // Aborted or panicked before reporting its end.
             if let Some(respond_to) = planning.respond_to.take() {
@@ -870,6 +977,18 @@ impl Actor {
         }
     }
 
+    /// Forgets the planning task of `run`.
+    fn remove_planning(&mut self, run: u64) -> Option<Planning> {
+        let planning = self.planning.remove(&run)?;
+        if let Some(count) = self.planning_jobs.get_mut(&planning.job) {
+            *count -= 1;
+            if *count == 0 {
+                self.planning_jobs.remove(&planning.job);
+            }
+        }
+        Some(planning)
+    }
+
     /// Orphans can only belong to a job that is still registering paths.
     fn forget_orphans_if_idle(&mut self) {
         if self.planning.is_empty() && !self.orphans.is_empty() {
@@ -887,30 +1006,35 @@ impl Actor {
     }
 }
 
-/// `"<ready> / <total> artifacts ready"`, built without the formatting machinery (this
-/// runs once per READY artifact).
-fn ready_info(ready: usize, total: usize) -> String {
-    fn push_num(s: &mut String, mut n: usize) {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
+/// `"<ready> / <total> artifacts ready"`, written into `buf` (cleared first) without the
+/// formatting machinery: this runs once per READY artifact, and `buf` is the change's own
+/// path string, so the info usually costs no allocation at all.
+fn ready_info(buf: String, ready: usize, total: usize) -> String {
+    /// Writes `n` in decimal just before `out[end]`; returns where it starts.
+    fn digits_before(out: &mut [u8; 64], mut end: usize, mut n: usize) -> usize {
         loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
+            end -= 1;
+            out[end] = b'0' + (n % 10) as u8;
             n /= 10;
             if n == 0 {
-                break;
+                return end;
             }
         }
-        for &d in &digits[i..] {
-            s.push(char::from(d));
-        }
     }
-    let mut s = String::with_capacity(48);
-    push_num(&mut s, ready);
-    s.push_str(" / ");
-    push_num(&mut s, total);
-    s.push_str(" artifacts ready");
-    s
+    const TAIL: &[u8] = b" artifacts ready";
+    // Built back to front in one stack buffer (at most 20 + 3 + 20 + 16 bytes).
+    let mut out = [0u8; 64];
+    let mut start = out.len() - TAIL.len();
+    out[start..].copy_from_slice(TAIL);
+    start = digits_before(&mut out, start, total);
+    start -= 3;
+    out[start..start + 3].copy_from_slice(b" / ");
+    start = digits_before(&mut out, start, ready);
+    let mut bytes = buf.into_bytes();
+    bytes.clear();
+    bytes.extend_from_slice(&out[start..]);
+    // Only ASCII was written: the check cannot fail.
+    String::from_utf8(bytes).unwrap_or_default()
 }
 
 /// The text of a FAIL caused by a failed status call.
@@ -918,12 +1042,47 @@ fn status_failed(err: &BoxError) -> String {
     format!("failed to set job status: {err}")
 }
 
+/// Makes one status call for the job, in order with its earlier calls: through the job's
+/// worker when it has one; otherwise polled once in place (a controller that answers at
+/// once costs no task), and moved to a new worker when it does not finish at once, with
+/// every later call of the job after it. `Err` is the FAIL message of a call that failed
+/// at once; the caller answers the job with it.
+fn call_status(
+    jobs: &Arc<dyn JobsController>,
+    job: JobId,
+    info: &mut JobInfo,
+    text: String,
+    tasks: &mut JoinSet<()>,
+    task_owner: &mut HashMap<tokio::task::Id, (JobId, u64, TaskKind)>,
+    events: &mpsc::UnboundedSender<Event>,
+) -> Result<(), String> {
+    if let Some(worker) = &info.worker {
+        let _ = worker.tx.send(WorkerCmd::Status(text));
+        return Ok(());
+    }
+    let mut call = StatusCall::new(jobs, job, text);
+    match call.poll_once() {
+        Poll::Ready(Ok(())) => Ok(()),
+        Poll::Ready(Err(err)) => Err(status_failed(&err)),
+        Poll::Pending => {
+            let run = info.run;
+            let (tx, rx) = mpsc::unbounded_channel();
+            let task = worker(job, run, jobs.clone(), call.detach(), rx, events.clone());
+            let abort = tasks.spawn(task);
+            let id = abort.id();
+            task_owner.insert(id, (job, run, TaskKind::Worker));
+            info.worker = Some(Worker { tx, id, abort });
+            Ok(())
+        }
+    }
+}
+
 /// Carries out the job's status calls, one at a time and in order, then its answer.
 async fn worker(
     job: JobId,
     run: u64,
     jobs: Arc<dyn JobsController>,
-    first: StatusFuture,
+    first: DetachedCall,
     mut rx: mpsc::UnboundedReceiver<WorkerCmd>,
     events: mpsc::UnboundedSender<Event>,
 ) {
@@ -966,6 +1125,8 @@ struct Plan {
     artifacts: Arc<dyn ArtifactManager>,
     collector: mpsc::Sender<ArtifactStatusChange>,
     events: mpsc::UnboundedSender<Event>,
+    /// The actor's keyer, to hash the returned paths.
+    keyer: PathKeyer,
     stop: Arc<AtomicBool>,
 }
 
@@ -1088,10 +1249,11 @@ impl Plan {
                     "failed to register URI <{uri}> (alias {alias}) in the artifact manager: {e}"
                 ))
             })?;
+        // Hashed here, on the planning task, not in the actor.
         let _ = self.events.send(Event::Registered {
             job: self.job,
             run: self.run,
-            path: path.clone(),
+            key: self.keyer.key(&path.0),
             alias,
         });
         Ok(path)
@@ -1123,7 +1285,12 @@ mod tests {
             (10, 10),
             (123_456, 1_000_000),
         ] {
-            assert_eq!(ready_info(r, t), format!("{r} / {t} artifacts ready"));
+            assert_eq!(
+                ready_info(String::new(), r, t),
+                format!("{r} / {t} artifacts ready")
+            );
+            let path = String::from("/tmp/weles/123456/TEST/alias_123456");
+            assert_eq!(ready_info(path, r, t), format!("{r} / {t} artifacts ready"));
         }
     }
 }
