@@ -314,9 +314,12 @@ fn siphash128<const C: usize, const D: usize>(k0: u64, k1: u64, data: &[u8]) -> 
         v[0] ^= m;
     }
     let tail = chunks.remainder();
-    let mut last = [0u8; 8];
-    last[..tail.len()].copy_from_slice(tail);
-    let m = u64::from_le_bytes(last) | ((data.len() as u64) << 56);
+    // The last 0..=7 bytes, little-endian, without a variable-length copy.
+    let mut last = 0u64;
+    for (i, &byte) in tail.iter().enumerate() {
+        last |= u64::from(byte) << (8 * i);
+    }
+    let m = last | ((data.len() as u64) << 56);
     v[3] ^= m;
     for _ in 0..C {
         round(&mut v);
