@@ -16,6 +16,25 @@
 //! - A status change that arrives before its path is registered (a manager may report
 //!   READY before `push_artifact` returns) is parked as an *orphan* until the registration
 //!   arrives; orphans are dropped once no job is planning any more.
+//!
+//! # The hot path (one READY change)
+//!
+//! The actor handles every status change of every job, so its per-change cost bounds the
+//! Downloader's throughput. What keeps it small:
+//!
+//! - Paths are mapped by a 128-bit keyed hash ([`paths`]): a lookup reads one 32-byte
+//!   bucket, never a key string, and the map keeps no path strings at all. Planning tasks
+//!   hash the paths they register; the actor hashes the changes it receives.
+//! - Changes are taken off the collector in batches of up to [`BATCH`]; the whole batch is
+//!   hashed first, then each change is applied while the bucket of a change further on is
+//!   prefetched, so the table's cache misses overlap instead of queueing.
+//! - The READY info text is written into the change's own path buffer (the path is not
+//!   needed once looked up), and the status call is boxed once (by the controller's
+//!   `async_trait`), not twice ([`call`]).
+//! - A batch's answers are sent when the batch is done: one wake-up of the receiver per
+//!   batch, not per answer.
+//! - After a batch the actor yields a few times before it waits ([`IDLE_YIELDS`]), so that
+//!   a sender on another worker keeps streaming while the actor keeps its own worker.
 
 use std::collections::HashSet;
 use std::fmt;

@@ -57,13 +57,51 @@ pub(super) struct PathEntry {
     pub(super) run: u64,
 }
 
-/// One bucket: the key (or [`EMPTY`] / [`DELETED`]) and the entry. 32 bytes, aligned so
-/// that a bucket never straddles two cache lines.
+/// One bucket: the key (or [`EMPTY`] / [`DELETED`]) and the entry; 32 bytes.
 #[derive(Debug, Clone, Copy)]
-#[repr(C, align(32))]
+#[repr(C)]
 struct Bucket {
     key: [u64; 2],
     entry: PathEntry,
+}
+
+/// Two buckets in one cache line: buckets `2k` and `2k + 1` always share a line.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([Bucket; 2]);
+
+/// The buckets, indexed by bucket number.
+#[derive(Debug, Default)]
+struct Buckets(Box<[Line]>);
+
+impl Buckets {
+    fn new(buckets: usize) -> Self {
+        Buckets(vec![Line([EMPTY_BUCKET; 2]); buckets / 2].into_boxed_slice())
+    }
+
+    fn len(&self) -> usize {
+        self.0.len() * 2
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Bucket> {
+        self.0.iter().flat_map(|line| &line.0)
+    }
+}
+
+impl std::ops::Index<usize> for Buckets {
+    type Output = Bucket;
+
+    #[inline]
+    fn index(&self, i: usize) -> &Bucket {
+        &self.0[i >> 1].0[i & 1]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Buckets {
+    #[inline]
+    fn index_mut(&mut self, i: usize) -> &mut Bucket {
+        &mut self.0[i >> 1].0[i & 1]
+    }
 }
 
 /// The key of a bucket never used since the last rehash: a probe stops here.
@@ -83,13 +121,13 @@ const MIN_BUCKETS: usize = 16;
 /// Open addressing with linear probing; the home bucket is taken from the key's second
 /// word. A removal leaves a tombstone ([`DELETED`]), so it costs one lookup and one store
 /// (no shifting, whose loop branches unpredictably); the tombstone becomes [`EMPTY`] at once
-/// when the next bucket is empty. Used buckets (entries and tombstones) stay at most 3/4 of
+/// when the next bucket is empty and on the same cache line. Used buckets (entries and tombstones) stay at most 3/4 of
 /// the table; reaching that rehashes into a table sized for the live entries (at most half
 /// full): it grows, or stays or shrinks when tombstones were most of it. Otherwise, like
 /// the standard `HashMap`, a table keeps its size once grown.
 #[derive(Debug, Default)]
 pub(super) struct PathTable {
-    buckets: Box<[Bucket]>,
+    buckets: Buckets,
     /// `buckets.len() - 1` (the length is a power of two), or 0 when there is none.
     mask: usize,
     /// Entries.
@@ -128,19 +166,15 @@ impl PathTable {
         }
     }
 
-    /// Asks the CPU to start loading the home bucket of `key` and the one after it (which
-    /// a removal reads; it is on the next cache line half of the time), so that a lookup a
-    /// little later does not wait for memory.
+    /// Asks the CPU to start loading the cache line of the home bucket of `key`, so that a
+    /// lookup (or removal) a little later does not wait for memory.
     #[inline]
     pub(super) fn prefetch(&self, key: PathKey) {
         if self.len == 0 {
             return;
         }
-        let home = self.home(key);
-        let bucket: *const Bucket = &self.buckets[home];
+        let bucket: *const Bucket = &self.buckets[self.home(key)];
         prefetch(bucket.cast());
-        let next: *const Bucket = &self.buckets[(home + 1) & self.mask];
-        prefetch(next.cast());
     }
 
     /// The entry of `key`.
@@ -189,11 +223,13 @@ impl PathTable {
         Some(entry)
     }
 
-    /// Empties bucket `i`: a tombstone, unless no probe can go past it (the next bucket is
-    /// empty). Written without a branch on that.
+    /// Empties bucket `i`: a tombstone, unless no probe can go past it because the next
+    /// bucket is empty, which is only looked at when it is on the same cache line (`i` even:
+    /// `i | 1` is the next bucket; `i` odd: `i | 1` is `i` itself, not empty). Written
+    /// without a branch on it.
     #[inline]
     fn remove_at(&mut self, i: usize) {
-        let next_empty = self.buckets[(i + 1) & self.mask].key == EMPTY;
+        let next_empty = self.buckets[i | 1].key == EMPTY;
         self.buckets[i].key = if next_empty { EMPTY } else { DELETED };
         self.used -= usize::from(next_empty);
         self.len -= 1;
@@ -217,10 +253,7 @@ impl PathTable {
     /// Moves every entry into a new table of `buckets` buckets, without tombstones.
     fn rehash(&mut self, buckets: usize) {
         debug_assert!(buckets.is_power_of_two() && buckets >= self.len * 2);
-        let old = std::mem::replace(
-            &mut self.buckets,
-            vec![EMPTY_BUCKET; buckets].into_boxed_slice(),
-        );
+        let old = std::mem::replace(&mut self.buckets, Buckets::new(buckets));
         self.mask = buckets - 1;
         self.used = self.len;
         for bucket in old.iter().filter(|b| b.key != EMPTY && b.key != DELETED) {
@@ -281,9 +314,12 @@ fn siphash128<const C: usize, const D: usize>(k0: u64, k1: u64, data: &[u8]) -> 
         v[0] ^= m;
     }
     let tail = chunks.remainder();
-    let mut last = [0u8; 8];
-    last[..tail.len()].copy_from_slice(tail);
-    let m = u64::from_le_bytes(last) | ((data.len() as u64) << 56);
+    // The last 0..=7 bytes, little-endian, without a variable-length copy.
+    let mut last = 0u64;
+    for (i, &byte) in tail.iter().enumerate() {
+        last |= u64::from(byte) << (8 * i);
+    }
+    let m = last | ((data.len() as u64) << 56);
     v[3] ^= m;
     for _ in 0..C {
         round(&mut v);
