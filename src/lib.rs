@@ -98,7 +98,8 @@ mod traits;
 
 pub use async_trait::async_trait;
 pub use downloader::{
-    DEFAULT_COLLECTOR_CAPACITY, Downloader, DownloaderBuilder, INFO_FAILED, JobProgress, Stats,
+    DEFAULT_COLLECTOR_CAPACITY, Downloader, DownloaderBuilder, INFO_FAILED, JobBytes, JobProgress,
+    Stats,
 };
 pub use error::{BoxError, ConfigError, DownloadError};
 pub use model::{

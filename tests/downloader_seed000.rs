@@ -272,6 +272,7 @@ impl Harness {
                 ready: 0,
                 failed: 0,
                 config_saved,
+                ..JobProgress::default()
             })
         );
     }
@@ -573,6 +574,7 @@ async fn blocks_reply_until_configuration_is_saved_and_all_artifacts_are_downloa
             ready: 7,
             failed: 0,
             config_saved: false,
+            ..JobProgress::default()
         })
     );
     assert_no_notification(&mut h.notifications);

@@ -351,3 +351,67 @@ async fn hostile_alias_in_config_fails_the_job() {
     assert_eq!(server.hits("/run.sh"), 0);
     downloader.shutdown().await.expect("shutdown");
 }
+
+/// Byte progress through the Downloader: with the Store's subscription, `stats()` and
+/// `progress()` sum each job's bytes while it is in flight (a slow image keeps it there),
+/// and nothing is left once the job is answered.
+#[tokio::test]
+async fn downloader_reports_byte_totals_per_job() {
+    let server = TestServer::start().await;
+    let slow = body(400_000, 31);
+    let fast = body(50_000, 32);
+    let chunk = slow.len().div_ceil(40);
+    server.serve(
+        "/slow.img",
+        Resource::new(slow.clone()).trickle(chunk, std::time::Duration::from_millis(25)),
+    );
+    server.serve("/fast.img", Resource::new(fast.clone()));
+    let json = format!(
+        r#"{{ "job_name": "bytes", "action": {{ "deploy": {{ "images": [
+            {{ "uri": "{}" }}, {{ "uri": "{}" }} ] }} }} }}"#,
+        server.url("/slow.img"),
+        server.url("/fast.img"),
+    );
+    let controller = Arc::new(Controller::default());
+    let job = JobId(9);
+    controller
+        .configs
+        .lock()
+        .unwrap()
+        .insert(job, Config::from_json(&json).expect("config"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = fast_builder()
+        .progress_interval(std::time::Duration::from_millis(10))
+        .open(dir.path().join("root"))
+        .await
+        .expect("store");
+    let (downloader, mut notifications) = Downloader::builder()
+        .byte_progress(store.subscribe_progress())
+        .build(controller.clone(), Arc::new(store.clone()));
+    downloader.download(job).await.expect("download");
+    let both = (slow.len() + fast.len()) as u64;
+    // Both sizes known, the fast image done, the slow one part way.
+    eventually(
+        "byte totals of both images while the slow one runs",
+        || async {
+            let stats = downloader.stats().await.expect("stats");
+            stats.bytes.iter().any(|b| {
+                b.job == job && b.total == both && b.done > fast.len() as u64 && b.done < both
+            })
+        },
+    )
+    .await;
+    let progress = downloader
+        .progress(job)
+        .await
+        .expect("progress")
+        .expect("in flight");
+    assert_eq!(progress.bytes_total, both);
+    assert!(progress.bytes_done <= both);
+    let answer = answer(&mut notifications).await;
+    assert!(answer.ok, "{answer:?}");
+    let stats = downloader.stats().await.expect("stats");
+    assert!(stats.bytes.is_empty(), "{stats:?}");
+    downloader.shutdown().await.expect("shutdown");
+    store.close().await;
+}

@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
 use rustc_hash::FxHashMap as HashMap;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, warn};
 
@@ -52,6 +52,7 @@ use crate::model::{
     ArtifactDescription, ArtifactPath, ArtifactStatus, ArtifactStatusChange, ArtifactType, Config,
     JobId, JobStatus, Notification, TestAction,
 };
+use crate::store::ByteProgress;
 use crate::traits::{ArtifactManager, JobsController};
 
 mod call;
@@ -85,7 +86,7 @@ const PATH_PREFETCH: usize = 4;
 const BUCKET_PREFETCH: usize = 16;
 
 /// Snapshot of the Downloader's state, for tests and monitoring.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Jobs being tracked (in flight, not yet answered).
     pub jobs: usize,
@@ -98,6 +99,23 @@ pub struct Stats {
     pub planning: usize,
     /// Status changes parked because their path was not registered yet.
     pub orphans: usize,
+    /// Bytes of each job in flight that has byte progress, in job order; empty unless
+    /// the builder was given a progress subscription
+    /// ([`DownloaderBuilder::byte_progress`]).
+    pub bytes: Vec<JobBytes>,
+}
+
+/// Byte totals of one job in flight, summed over its artifacts' latest
+/// [`ByteProgress`] events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobBytes {
+    /// The job.
+    pub job: JobId,
+    /// Bytes received so far (cache hits count whole).
+    pub done: u64,
+    /// Sum of the sizes known so far (an artifact whose size is not announced yet adds
+    /// nothing).
+    pub total: u64,
 }
 
 /// Progress of one job in flight.
@@ -111,6 +129,10 @@ pub struct JobProgress {
     pub failed: usize,
     /// Whether the config with local paths has been saved.
     pub config_saved: bool,
+    /// Bytes received so far (with [`DownloaderBuilder::byte_progress`]; else 0).
+    pub bytes_done: u64,
+    /// Sum of the sizes known so far (with [`DownloaderBuilder::byte_progress`]; else 0).
+    pub bytes_total: u64,
 }
 
 /// Builder for a [`Downloader`] with non-default settings.
@@ -119,6 +141,22 @@ pub struct JobProgress {
 pub struct DownloaderBuilder {
     collector_capacity: usize,
     command_capacity: usize,
+    byte_progress: Option<ByteProgressSource>,
+}
+
+/// A subscription to byte progress, kept by the builder.
+struct ByteProgressSource(broadcast::Receiver<ByteProgress>);
+
+impl Clone for ByteProgressSource {
+    fn clone(&self) -> Self {
+        ByteProgressSource(self.0.resubscribe())
+    }
+}
+
+impl fmt::Debug for ByteProgressSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ByteProgressSource")
+    }
 }
 
 impl Default for DownloaderBuilder {
@@ -126,6 +164,7 @@ impl Default for DownloaderBuilder {
         DownloaderBuilder {
             collector_capacity: DEFAULT_COLLECTOR_CAPACITY,
             command_capacity: 1024,
+            byte_progress: None,
         }
     }
 }
@@ -140,6 +179,14 @@ impl DownloaderBuilder {
     /// Capacity of the command channel from handles to the actor; default 1024.
     pub fn command_capacity(mut self, capacity: usize) -> Self {
         self.command_capacity = capacity.max(1);
+        self
+    }
+
+    /// Byte progress to sum per job, e.g. [`Store::subscribe_progress`](crate::Store::subscribe_progress):
+    /// [`Stats::bytes`] and [`JobProgress`] then report bytes done and known sizes per
+    /// job. Events of jobs not in flight are ignored; the sums go with the job.
+    pub fn byte_progress(mut self, progress: broadcast::Receiver<ByteProgress>) -> Self {
+        self.byte_progress = Some(ByteProgressSource(progress));
         self
     }
 
@@ -182,6 +229,7 @@ impl DownloaderBuilder {
             next_run: 0,
             status_changes: 0,
             panic: None,
+            byte_progress: self.byte_progress.map(|p| p.0),
         };
         let handle = tokio::spawn(actor.run());
         let downloader = Downloader {
@@ -430,6 +478,34 @@ struct JobInfo {
     worker: Option<Worker>,
     /// Aliases of the registered paths, to name the artifact in a FAIL message.
     aliases: Aliases,
+    /// Byte progress per artifact, and the sums (only with a progress subscription).
+    bytes: ByteSums,
+}
+
+/// A job's byte progress: the latest count per artifact and their sums.
+#[derive(Default)]
+struct ByteSums {
+    /// (done, total) per path, as last reported.
+    per_path: HashMap<ArtifactPath, (u64, Option<u64>)>,
+    /// Sum of `done`.
+    done: u64,
+    /// Sum of the known totals.
+    total: u64,
+}
+
+impl ByteSums {
+    /// Replaces the count of `path` and adjusts the sums.
+    fn update(&mut self, path: ArtifactPath, done: u64, total: Option<u64>) {
+        let (old_done, old_total) = self
+            .per_path
+            .insert(path, (done, total))
+            .unwrap_or_default();
+        self.done = self.done.saturating_sub(old_done).saturating_add(done);
+        self.total = self
+            .total
+            .saturating_sub(old_total.unwrap_or(0))
+            .saturating_add(total.unwrap_or(0));
+    }
 }
 
 /// The aliases of one job's paths, in one string (a job with many artifacts is answered
@@ -470,6 +546,8 @@ struct Planning {
 }
 
 struct Actor {
+    /// Byte progress events to sum per job, if configured.
+    byte_progress: Option<broadcast::Receiver<ByteProgress>>,
     jobs: Arc<dyn JobsController>,
     artifacts: Arc<dyn ArtifactManager>,
     commands: mpsc::Receiver<Command>,
@@ -510,6 +588,16 @@ struct Actor {
     panic: Option<String>,
 }
 
+/// The next byte-progress event (only polled while the subscription exists).
+async fn recv_byte_progress(
+    rx: &mut Option<broadcast::Receiver<ByteProgress>>,
+) -> Result<ByteProgress, broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Actor {
     async fn run(mut self) -> Result<(), String> {
         let mut batch = Vec::with_capacity(BATCH);
@@ -547,6 +635,9 @@ impl Actor {
                         break;
                     }
                 },
+                event = recv_byte_progress(&mut self.byte_progress), if self.byte_progress.is_some() => {
+                    self.handle_byte_progress(event);
+                }
             }
         }
         let panic = self.panic.take();
@@ -594,6 +685,7 @@ impl Actor {
                     status_changes: self.status_changes,
                     planning: self.planning.len(),
                     orphans: self.orphans.len(),
+                    bytes: self.job_bytes(),
                 });
             }
             Command::Progress { job, respond_to } => {
@@ -602,9 +694,43 @@ impl Actor {
                     ready: i.ready,
                     failed: i.failed,
                     config_saved: i.config_saved,
+                    bytes_done: i.bytes.done,
+                    bytes_total: i.bytes.total,
                 }));
             }
             Command::Shutdown { .. } => unreachable!("handled in the main loop"),
+        }
+    }
+
+    /// The byte sums of the jobs that have any, in job order.
+    fn job_bytes(&self) -> Vec<JobBytes> {
+        let mut bytes: Vec<JobBytes> = self
+            .info
+            .iter()
+            .filter(|(_, i)| !i.bytes.per_path.is_empty())
+            .map(|(job, i)| JobBytes {
+                job: *job,
+                done: i.bytes.done,
+                total: i.bytes.total,
+            })
+            .collect();
+        bytes.sort_by_key(|b| b.job);
+        bytes
+    }
+
+    /// One byte-progress event (or the subscription's end).
+    fn handle_byte_progress(&mut self, event: Result<ByteProgress, broadcast::error::RecvError>) {
+        match event {
+            Ok(p) => {
+                if let Some(info) = self.info.get_mut(&p.job) {
+                    info.bytes.update(p.path, p.done, p.total);
+                }
+            }
+            // Later events carry absolute counts, so the sums recover by themselves.
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                debug!(missed = n, "byte progress lagged");
+            }
+            Err(broadcast::error::RecvError::Closed) => self.byte_progress = None,
         }
     }
 
@@ -629,6 +755,7 @@ impl Actor {
                 stop: stop.clone(),
                 worker: None,
                 aliases: Aliases::default(),
+                bytes: ByteSums::default(),
             },
         );
         let plan = Plan {
