@@ -382,10 +382,10 @@ fn start_in_process_server(root: PathBuf) -> Server {
 // ---------------------------------------------------------------------------------------
 // The project's side (child process)
 
-/// A controller that serves one config and keeps what is saved.
+/// A controller that serves one config and keeps what is saved, and when.
 struct Controller {
     config: Config,
-    saved: Mutex<Option<Config>>,
+    saved: Mutex<Option<(Config, Instant)>>,
 }
 
 #[async_trait]
@@ -397,7 +397,9 @@ impl JobsController for Controller {
         Ok(self.config.clone())
     }
     async fn set_config(&self, _: JobId, config: Config) -> Result<(), BoxError> {
-        *self.saved.lock().map_err(|_| "poisoned")? = Some(config);
+        // The Downloader saves the config once every artifact is registered (pushes
+        // are sequential): the time of this call ends the registration phase.
+        *self.saved.lock().map_err(|_| "poisoned")? = Some((config, Instant::now()));
         Ok(())
     }
 }
@@ -425,7 +427,8 @@ fn job_config(base: &str, set: &DataSet, files: &[(String, String)]) -> Config {
 }
 
 /// The re-executed binary: downloads one set into a new store through the Downloader and
-/// prints `download_s=<s> hwm_kib=<VmHWM> workers=<n>` on stdout.
+/// prints `download_s=<s> registered_s=<s> hwm_kib=<VmHWM> workers=<n>` on stdout
+/// (`registered_s`: when the Downloader had registered every artifact and saved the config).
 fn child_main() {
     let need = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("child: {k} not set"));
     let set = set_by_name(&need("AC_VS_PEERS_SET")).expect("child: unknown set");
@@ -462,11 +465,23 @@ fn child_main() {
         assert!(answer.ok, "{} failed: {}", set.name, answer.msg);
         downloader.shutdown().await.expect("shutdown");
         store.close().await;
-        secs
+        let registered = controller
+            .saved
+            .lock()
+            .ok()
+            .and_then(|s| {
+                s.as_ref()
+                    .map(|(_, at)| at.duration_since(start).as_secs_f64())
+            })
+            .unwrap_or(f64::NAN);
+        (secs, registered)
     });
     // VmHWM of this process: the project's side only (no data generation, no server).
     let hwm_kib = (peak_rss_mib() * 1024.0).round() as i64;
-    println!("download_s={secs:.6} hwm_kib={hwm_kib} workers={workers}");
+    println!(
+        "download_s={:.6} registered_s={:.6} hwm_kib={hwm_kib} workers={workers}",
+        secs.0, secs.1
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -868,6 +883,52 @@ fn print_table(rows: &[Row], rounds: usize, server: &str, workers: usize) {
     }
 }
 
+/// The issue's targets, checked against this run's medians: big set at least curl's
+/// throughput, small set at least curl's and 5× aria2c's files/s, peak RSS for the
+/// 1 GiB file at most 64 MiB.
+fn print_targets(rows: &[Row]) {
+    let med = |set: &str, tool: Tool| {
+        rows.iter()
+            .find(|r| r.set.name == set && r.tool == tool && !r.runs.is_empty())
+            .map(|r| median(&mut r.runs.iter().map(|x| x.wall).collect::<Vec<_>>()))
+    };
+    let mut lines = Vec::new();
+    let mut speed = |set: &str, tool: Tool, want: f64| {
+        if let (Some(p), Some(t)) = (med(set, Tool::Project), med(set, tool)) {
+            let got = t / p;
+            lines.push(format!(
+                "{set}: project {got:.2}× {} (target ≥ {want:.1}×): {}",
+                tool.key(),
+                if got >= want { "met" } else { "NOT met" }
+            ));
+        }
+    };
+    speed("big", Tool::Curl, 1.0);
+    speed("small", Tool::Curl, 1.0);
+    speed("small", Tool::Aria2c, 5.0);
+    if let Some(row) = rows
+        .iter()
+        .find(|r| r.set.name == "one" && r.tool == Tool::Project && !r.runs.is_empty())
+    {
+        let max = row
+            .runs
+            .iter()
+            .filter_map(|r| r.rss_kib)
+            .map(|k| k as f64 / 1024.0)
+            .fold(0.0, f64::max);
+        lines.push(format!(
+            "one: project peak RSS {max:.1} MiB (target ≤ 64 MiB): {}",
+            if max <= 64.0 { "met" } else { "NOT met" }
+        ));
+    }
+    if !lines.is_empty() {
+        println!("\ntargets (issue 6, same-run medians):");
+        for l in lines {
+            println!("- {l}");
+        }
+    }
+}
+
 fn main() {
     if std::env::var_os(CHILD_ENV).is_some() {
         child_main();
@@ -1083,6 +1144,7 @@ fn main() {
             inner_lines.join(", ")
         );
     }
+    print_targets(&rows);
     let weles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/weles_core/run.sh");
     if weles.exists() {
         println!(
