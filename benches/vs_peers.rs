@@ -844,7 +844,9 @@ fn print_table(rows: &[Row], rounds: usize, server: &str, workers: usize) {
     println!();
     println!(
         "server: {server}; project: Store + Downloader, {workers} workers, sha256 given and \
-         verified, SQLite index, fsync of file and directory; peers: no verification, no fsync, no index."
+         verified, SQLite index, fsync of file and directory; curl, wget: no verification, no fsync, \
+         no index; aria2c: fsyncs each file (and its .aria2 control file, which it deletes), no \
+         verification, no directory fsync, no index."
     );
     println!(
         "ratio = tool median s / project median s: **above 1.00 the project is faster**, below 1.00 the tool is."
