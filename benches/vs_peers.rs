@@ -27,7 +27,8 @@
 //! Environment: `BENCH_ROUNDS` (5), `BENCH_SETS` (`big,small,one`; `many` = `small`),
 //! `BENCH_TOOLS` (`project,curl,aria2c,wget`), `BENCH_SETTLE_MS` (2000), `BENCH_DIR`
 //! (`/tmp/ac-bench`), `BENCH_WORKERS` (the store's default), `BENCH_NO_NGINX=1` (use the
-//! in-process server even if nginx is installed).
+//! in-process server even if nginx is installed), `BENCH_TIMEOUT_S` (120: a run that
+//! takes longer is stopped and counted as failed).
 //!
 //! Run: `cargo bench --bench vs_peers` (quick: `BENCH_ROUNDS=1 BENCH_SETS=small,big`).
 
@@ -553,6 +554,8 @@ struct Bench {
     work: PathBuf,
     base: String,
     settle: Duration,
+    /// A run that takes longer is stopped and counted as failed.
+    timeout: Duration,
     time_bin: Option<PathBuf>,
 }
 
@@ -649,20 +652,40 @@ impl Bench {
         std::fs::create_dir_all(dest).map_err(|e| format!("create {}: {e}", dest.display()))?;
         let _ = std::fs::remove_file(self.work.join("time.out"));
         let mut cmd = self.command(tool, set, dest);
-        cmd.stdin(Stdio::null());
+        let (out_path, err_path) = (self.work.join("run.out"), self.work.join("run.err"));
+        let file = |p: &Path| std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()));
+        cmd.stdin(Stdio::null())
+            .stdout(file(&out_path)?)
+            .stderr(file(&err_path)?);
+        // Its own process group, so that a timeout stops the tool under /usr/bin/time too.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let _ = Command::new("sync").status();
         std::thread::sleep(self.settle);
         let start = Instant::now();
-        let out = cmd.output().map_err(|e| format!("spawn: {e}"))?;
+        let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if start.elapsed() > self.timeout => {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", "--", &format!("-{}", child.id())])
+                        .status();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "timed out after {} s (BENCH_TIMEOUT_S)",
+                        self.timeout.as_secs()
+                    ));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+                Err(e) => return Err(format!("wait: {e}")),
+            }
+        };
         let wall = start.elapsed().as_secs_f64();
-        if !out.status.success() {
+        if !status.success() {
+            let err = std::fs::read_to_string(&err_path).unwrap_or_default();
             return Err(format!(
-                "exit {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-                    .chars()
-                    .take(400)
-                    .collect::<String>()
+                "exit {status}: {}",
+                err.chars().take(400).collect::<String>()
             ));
         }
         let (cpu, mut rss_kib) = std::fs::read_to_string(self.work.join("time.out"))
@@ -679,7 +702,7 @@ impl Bench {
             .unwrap_or((None, None));
         let mut inner = None;
         if tool == Tool::Project {
-            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
             for kv in stdout.split_whitespace() {
                 match kv.split_once('=') {
                     Some(("download_s", v)) => inner = v.parse().ok(),
@@ -821,7 +844,9 @@ fn print_table(rows: &[Row], rounds: usize, server: &str, workers: usize) {
     println!();
     println!(
         "server: {server}; project: Store + Downloader, {workers} workers, sha256 given and \
-         verified, SQLite index, fsync of file and directory; peers: no verification, no fsync, no index."
+         verified, SQLite index, fsync of file and directory; curl, wget: no verification, no fsync, \
+         no index; aria2c: fsyncs each file (and its .aria2 control file, which it deletes), no \
+         verification, no directory fsync, no index."
     );
     println!(
         "ratio = tool median s / project median s: **above 1.00 the project is faster**, below 1.00 the tool is."
@@ -1008,6 +1033,7 @@ fn main() {
         work: work.path().to_owned(),
         base: format!("http://127.0.0.1:{}", server.port()),
         settle,
+        timeout: Duration::from_secs(env_num("BENCH_TIMEOUT_S", 120u64).max(1)),
         time_bin: time_bin.exists().then(|| time_bin.to_owned()),
     };
     if bench.time_bin.is_none() {
