@@ -514,8 +514,6 @@ impl Actor {
     async fn run(mut self) -> Result<(), String> {
         let mut batch = Vec::with_capacity(BATCH);
         let mut events = Vec::with_capacity(BATCH);
-        // Yields left before the actor waits for a wake-up again (see `IDLE_YIELDS`).
-        let mut yields = 0u32;
         loop {
             tokio::select! {
                 biased;
@@ -525,12 +523,7 @@ impl Actor {
                     // The actor holds a sender, so the collector never closes.
                     debug_assert!(n > 0);
                     self.handle_changes(&mut batch);
-                    yields = IDLE_YIELDS;
-                }
-                // Nothing else is ready: yield instead of waiting, for a little while after
-                // a batch of changes.
-                () = tokio::task::yield_now(), if yields > 0 => {
-                    yields -= 1;
+                    self.idle_yields().await;
                 }
                 Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     self.handle_joined(joined);
@@ -556,6 +549,18 @@ impl Actor {
         match panic {
             Some(message) => Err(message),
             None => Ok(()),
+        }
+    }
+
+    /// Yields (at most [`IDLE_YIELDS`] times) until a change, an event or a command is
+    /// waiting. Only looks at the channels: waiting on them would register the actor's
+    /// waker each time, a write to a cache line that the sender writes on every send.
+    async fn idle_yields(&self) {
+        for _ in 0..IDLE_YIELDS {
+            if !self.collector.is_empty() || !self.events.is_empty() || !self.commands.is_empty() {
+                return;
+            }
+            tokio::task::yield_now().await;
         }
     }
 
