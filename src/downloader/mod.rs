@@ -74,7 +74,8 @@ const BATCH: usize = 512;
 /// on the sender's worker, behind the sender, so the two take turns on one core (and the
 /// idle worker is parked and unparked, a system call each time). A yielding actor stays
 /// scheduled on its own worker: the sender's wake-ups cost nothing and both run at once.
-/// When the stream stops, this costs at most this many extra polls.
+/// When the stream stops, this costs at most this many extra polls, and the actor adapts
+/// the count to how often yielding found work (see `Actor::idle_yields`).
 const IDLE_YIELDS: u32 = 32;
 
 /// How many changes ahead of the one being hashed its path's bytes are prefetched.
@@ -172,6 +173,7 @@ impl DownloaderBuilder {
             keys: Vec::with_capacity(BATCH),
             outbox: None,
             outbox_spare: None,
+            idle_yields: IDLE_YIELDS,
             info: HashMap::default(),
             orphans: HashMap::default(),
             planning: HashMap::default(),
@@ -489,6 +491,8 @@ struct Actor {
     outbox: Option<Vec<Notification>>,
     /// The outbox's allocation between batches.
     outbox_spare: Option<Vec<Notification>>,
+    /// How many times the actor may yield after a batch of changes (see `idle_yields`).
+    idle_yields: u32,
     /// Progress of every job in flight.
     info: HashMap<JobId, JobInfo>,
     /// Terminal changes whose path is not registered yet, by path key.
@@ -552,16 +556,22 @@ impl Actor {
         }
     }
 
-    /// Yields (at most [`IDLE_YIELDS`] times) until a change, an event or a command is
-    /// waiting. Only looks at the channels: waiting on them would register the actor's
-    /// waker each time, a write to a cache line that the sender writes on every send.
-    async fn idle_yields(&self) {
-        for _ in 0..IDLE_YIELDS {
+    /// Yields until a change, an event or a command is waiting, at most `idle_yields`
+    /// times. Only looks at the channels: waiting on them would register the actor's waker
+    /// each time, a write to a cache line that the sender writes on every send.
+    ///
+    /// The limit adapts: it doubles (up to [`IDLE_YIELDS`]) when work came while yielding
+    /// and halves (down to 1) when it did not, so that yielding stops costing CPU when the
+    /// stream has ended or when the sender does not get a core to run on.
+    async fn idle_yields(&mut self) {
+        for _ in 0..self.idle_yields {
             if !self.collector.is_empty() || !self.events.is_empty() || !self.commands.is_empty() {
+                self.idle_yields = (self.idle_yields * 2).min(IDLE_YIELDS);
                 return;
             }
             tokio::task::yield_now().await;
         }
+        self.idle_yields = (self.idle_yields / 2).max(1);
     }
 
     /// Stops every task and waits for them, recording panics.
