@@ -432,6 +432,8 @@ struct JobInfo {
     worker: Option<Worker>,
     /// Aliases of the registered paths, to name the artifact in a FAIL message.
     aliases: Aliases,
+    /// The end of the READY info for the current total.
+    info_suffix: InfoSuffix,
 }
 
 /// The aliases of one job's paths, in one string (a job with many artifacts is answered
@@ -644,6 +646,7 @@ impl Actor {
                 stop: stop.clone(),
                 worker: None,
                 aliases: Aliases::default(),
+                info_suffix: InfoSuffix::default(),
             },
         );
         let plan = Plan {
@@ -848,8 +851,9 @@ impl Actor {
             ArtifactStatus::Pending | ArtifactStatus::Downloading => {}
             ArtifactStatus::Ready => {
                 info.ready += 1;
+                let ready = info.ready;
                 // The path is not needed any more: its buffer carries the info.
-                let text = ready_info(change.path.0, info.ready, info.paths);
+                let text = ready_info(change.path.0, ready, info.info_suffix.get(info.paths));
                 let complete = info.config_saved && info.failed == 0 && info.ready == info.paths;
                 let called = call_status(
                     &self.jobs,
@@ -1040,35 +1044,49 @@ impl Actor {
     }
 }
 
-/// `"<ready> / <total> artifacts ready"`, written into `buf` (cleared first) without the
-/// formatting machinery: this runs once per READY artifact, and `buf` is the change's own
-/// path string, so the info usually costs no allocation at all.
-fn ready_info(buf: String, ready: usize, total: usize) -> String {
-    /// Writes `n` in decimal just before `out[end]`; returns where it starts.
-    fn digits_before(out: &mut [u8; 64], mut end: usize, mut n: usize) -> usize {
-        loop {
-            end -= 1;
-            out[end] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                return end;
-            }
+/// `" / <total> artifacts ready"`, kept per job: the part of the READY info that changes
+/// only when a path is registered, formatted once per total instead of once per READY.
+#[derive(Default)]
+struct InfoSuffix {
+    total: usize,
+    /// Empty until first needed.
+    text: String,
+}
+
+impl InfoSuffix {
+    fn get(&mut self, total: usize) -> &str {
+        if self.text.is_empty() || self.total != total {
+            use std::fmt::Write;
+            self.text.clear();
+            let _ = write!(self.text, " / {total} artifacts ready");
+            self.total = total;
+        }
+        &self.text
+    }
+}
+
+/// `"<ready> / <total> artifacts ready"` (`suffix` is the part from `" / "` on), written
+/// into `buf` (cleared first) without the formatting machinery: this runs once per READY
+/// artifact, and `buf` is the change's own path string, so the info usually costs no
+/// allocation at all.
+fn ready_info(buf: String, ready: usize, suffix: &str) -> String {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut n = ready;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
         }
     }
-    const TAIL: &[u8] = b" artifacts ready";
-    // Built back to front in one stack buffer (at most 20 + 3 + 20 + 16 bytes).
-    let mut out = [0u8; 64];
-    let mut start = out.len() - TAIL.len();
-    out[start..].copy_from_slice(TAIL);
-    start = digits_before(&mut out, start, total);
-    start -= 3;
-    out[start..start + 3].copy_from_slice(b" / ");
-    start = digits_before(&mut out, start, ready);
-    let mut bytes = buf.into_bytes();
-    bytes.clear();
-    bytes.extend_from_slice(&out[start..]);
-    // Only ASCII was written: the check cannot fail.
-    String::from_utf8(bytes).unwrap_or_default()
+    let mut text = buf;
+    text.clear();
+    // ASCII digits: the check cannot fail.
+    text.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
+    text.push_str(suffix);
+    text
 }
 
 /// The text of a FAIL caused by a failed status call.
@@ -1307,24 +1325,28 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::ready_info;
+    use super::{InfoSuffix, ready_info};
 
     #[test]
     fn ready_info_matches_format() {
+        let mut suffix = InfoSuffix::default();
         for (r, t) in [
             (0, 0),
             (1, 7),
             (7, 7),
             (9, 10),
             (10, 10),
+            (10, 11),
             (123_456, 1_000_000),
+            (usize::MAX, usize::MAX),
         ] {
             assert_eq!(
-                ready_info(String::new(), r, t),
+                ready_info(String::new(), r, suffix.get(t)),
                 format!("{r} / {t} artifacts ready")
             );
             let path = String::from("/tmp/weles/123456/TEST/alias_123456");
-            assert_eq!(ready_info(path, r, t), format!("{r} / {t} artifacts ready"));
+            let text = ready_info(path, r, suffix.get(t));
+            assert_eq!(text, format!("{r} / {t} artifacts ready"));
         }
     }
 }
