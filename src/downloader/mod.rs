@@ -1240,7 +1240,7 @@ impl Plan {
                     sha256: image.sha256.clone(),
                     checksum: image.checksum_source(),
                 };
-                image.path = Some(self.push(description).await?.0);
+                image.path = Some(self.push(description, uri).await?.0);
             }
             if let Some(uri) = image.checksum_uri.as_ref().filter(|u| !u.is_empty()) {
                 let description = ArtifactDescription::new(
@@ -1249,7 +1249,7 @@ impl Plan {
                     format!("ImageChecksum_{i}"),
                     uri.clone(),
                 );
-                image.checksum_path = Some(self.push(description).await?.0);
+                image.checksum_path = Some(self.push(description, uri).await?.0);
             }
         }
         for case in &mut config.action.test.test_cases {
@@ -1263,7 +1263,7 @@ impl Plan {
                             push.uri.clone(),
                         );
                         description.sha256 = push.sha256.clone();
-                        push.path = Some(self.push(description).await?.0);
+                        push.path = Some(self.push(description, &push.uri).await?.0);
                     }
                     TestAction::Pull(pull) => {
                         self.check()?;
@@ -1288,10 +1288,14 @@ impl Plan {
         Ok(())
     }
 
-    async fn push(&self, description: ArtifactDescription) -> Result<ArtifactPath, PlanResult> {
+    /// Registers one artifact; `uri` (the config's, not a copy) names it in the error.
+    async fn push(
+        &self,
+        description: ArtifactDescription,
+        uri: &str,
+    ) -> Result<ArtifactPath, PlanResult> {
         self.check()?;
         let alias: Box<str> = description.alias.as_str().into();
-        let uri = description.uri.clone();
         let path = self
             .artifacts
             .push_artifact(description, self.collector.clone())
