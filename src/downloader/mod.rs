@@ -75,7 +75,8 @@ const BATCH: usize = 512;
 /// on the sender's worker, behind the sender, so the two take turns on one core (and the
 /// idle worker is parked and unparked, a system call each time). A yielding actor stays
 /// scheduled on its own worker: the sender's wake-ups cost nothing and both run at once.
-/// When the stream stops, this costs at most this many extra polls.
+/// When the stream stops, this costs at most this many extra polls, and the actor adapts
+/// the count to how often yielding found work (see `Actor::idle_yields`).
 const IDLE_YIELDS: u32 = 32;
 
 /// How many changes ahead of the one being hashed its path's bytes are prefetched.
@@ -219,6 +220,7 @@ impl DownloaderBuilder {
             keys: Vec::with_capacity(BATCH),
             outbox: None,
             outbox_spare: None,
+            idle_yields: IDLE_YIELDS,
             info: HashMap::default(),
             orphans: HashMap::default(),
             planning: HashMap::default(),
@@ -480,6 +482,8 @@ struct JobInfo {
     aliases: Aliases,
     /// Byte progress per artifact, and the sums (only with a progress subscription).
     bytes: ByteSums,
+    /// The end of the READY info for the current total.
+    info_suffix: InfoSuffix,
 }
 
 /// A job's byte progress: the latest count per artifact and their sums.
@@ -567,6 +571,8 @@ struct Actor {
     outbox: Option<Vec<Notification>>,
     /// The outbox's allocation between batches.
     outbox_spare: Option<Vec<Notification>>,
+    /// How many times the actor may yield after a batch of changes (see `idle_yields`).
+    idle_yields: u32,
     /// Progress of every job in flight.
     info: HashMap<JobId, JobInfo>,
     /// Terminal changes whose path is not registered yet, by path key.
@@ -602,8 +608,6 @@ impl Actor {
     async fn run(mut self) -> Result<(), String> {
         let mut batch = Vec::with_capacity(BATCH);
         let mut events = Vec::with_capacity(BATCH);
-        // Yields left before the actor waits for a wake-up again (see `IDLE_YIELDS`).
-        let mut yields = 0u32;
         loop {
             tokio::select! {
                 biased;
@@ -613,12 +617,7 @@ impl Actor {
                     // The actor holds a sender, so the collector never closes.
                     debug_assert!(n > 0);
                     self.handle_changes(&mut batch);
-                    yields = IDLE_YIELDS;
-                }
-                // Nothing else is ready: yield instead of waiting, for a little while after
-                // a batch of changes.
-                () = tokio::task::yield_now(), if yields > 0 => {
-                    yields -= 1;
+                    self.idle_yields().await;
                 }
                 Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     self.handle_joined(joined);
@@ -648,6 +647,24 @@ impl Actor {
             Some(message) => Err(message),
             None => Ok(()),
         }
+    }
+
+    /// Yields until a change, an event or a command is waiting, at most `idle_yields`
+    /// times. Only looks at the channels: waiting on them would register the actor's waker
+    /// each time, a write to a cache line that the sender writes on every send.
+    ///
+    /// The limit adapts: it doubles (up to [`IDLE_YIELDS`]) when work came while yielding
+    /// and halves (down to 1) when it did not, so that yielding stops costing CPU when the
+    /// stream has ended or when the sender does not get a core to run on.
+    async fn idle_yields(&mut self) {
+        for _ in 0..self.idle_yields {
+            if !self.collector.is_empty() || !self.events.is_empty() || !self.commands.is_empty() {
+                self.idle_yields = (self.idle_yields * 2).min(IDLE_YIELDS);
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        self.idle_yields = (self.idle_yields / 2).max(1);
     }
 
     /// Stops every task and waits for them, recording panics.
@@ -756,6 +773,7 @@ impl Actor {
                 worker: None,
                 aliases: Aliases::default(),
                 bytes: ByteSums::default(),
+                info_suffix: InfoSuffix::default(),
             },
         );
         let plan = Plan {
@@ -960,8 +978,9 @@ impl Actor {
             ArtifactStatus::Pending | ArtifactStatus::Downloading => {}
             ArtifactStatus::Ready => {
                 info.ready += 1;
+                let ready = info.ready;
                 // The path is not needed any more: its buffer carries the info.
-                let text = ready_info(change.path.0, info.ready, info.paths);
+                let text = ready_info(change.path.0, ready, info.info_suffix.get(info.paths));
                 let complete = info.config_saved && info.failed == 0 && info.ready == info.paths;
                 let called = call_status(
                     &self.jobs,
@@ -1152,35 +1171,49 @@ impl Actor {
     }
 }
 
-/// `"<ready> / <total> artifacts ready"`, written into `buf` (cleared first) without the
-/// formatting machinery: this runs once per READY artifact, and `buf` is the change's own
-/// path string, so the info usually costs no allocation at all.
-fn ready_info(buf: String, ready: usize, total: usize) -> String {
-    /// Writes `n` in decimal just before `out[end]`; returns where it starts.
-    fn digits_before(out: &mut [u8; 64], mut end: usize, mut n: usize) -> usize {
-        loop {
-            end -= 1;
-            out[end] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                return end;
-            }
+/// `" / <total> artifacts ready"`, kept per job: the part of the READY info that changes
+/// only when a path is registered, formatted once per total instead of once per READY.
+#[derive(Default)]
+struct InfoSuffix {
+    total: usize,
+    /// Empty until first needed.
+    text: String,
+}
+
+impl InfoSuffix {
+    fn get(&mut self, total: usize) -> &str {
+        if self.text.is_empty() || self.total != total {
+            use std::fmt::Write;
+            self.text.clear();
+            let _ = write!(self.text, " / {total} artifacts ready");
+            self.total = total;
+        }
+        &self.text
+    }
+}
+
+/// `"<ready> / <total> artifacts ready"` (`suffix` is the part from `" / "` on), written
+/// into `buf` (cleared first) without the formatting machinery: this runs once per READY
+/// artifact, and `buf` is the change's own path string, so the info usually costs no
+/// allocation at all.
+fn ready_info(buf: String, ready: usize, suffix: &str) -> String {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut n = ready;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
         }
     }
-    const TAIL: &[u8] = b" artifacts ready";
-    // Built back to front in one stack buffer (at most 20 + 3 + 20 + 16 bytes).
-    let mut out = [0u8; 64];
-    let mut start = out.len() - TAIL.len();
-    out[start..].copy_from_slice(TAIL);
-    start = digits_before(&mut out, start, total);
-    start -= 3;
-    out[start..start + 3].copy_from_slice(b" / ");
-    start = digits_before(&mut out, start, ready);
-    let mut bytes = buf.into_bytes();
-    bytes.clear();
-    bytes.extend_from_slice(&out[start..]);
-    // Only ASCII was written: the check cannot fail.
-    String::from_utf8(bytes).unwrap_or_default()
+    let mut text = buf;
+    text.clear();
+    // ASCII digits: the check cannot fail.
+    text.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
+    text.push_str(suffix);
+    text
 }
 
 /// The text of a FAIL caused by a failed status call.
@@ -1334,7 +1367,7 @@ impl Plan {
                     sha256: image.sha256.clone(),
                     checksum: image.checksum_source(),
                 };
-                image.path = Some(self.push(description).await?.0);
+                image.path = Some(self.push(description, uri).await?.0);
             }
             if let Some(uri) = image.checksum_uri.as_ref().filter(|u| !u.is_empty()) {
                 let description = ArtifactDescription::new(
@@ -1343,7 +1376,7 @@ impl Plan {
                     format!("ImageChecksum_{i}"),
                     uri.clone(),
                 );
-                image.checksum_path = Some(self.push(description).await?.0);
+                image.checksum_path = Some(self.push(description, uri).await?.0);
             }
         }
         for case in &mut config.action.test.test_cases {
@@ -1357,7 +1390,7 @@ impl Plan {
                             push.uri.clone(),
                         );
                         description.sha256 = push.sha256.clone();
-                        push.path = Some(self.push(description).await?.0);
+                        push.path = Some(self.push(description, &push.uri).await?.0);
                     }
                     TestAction::Pull(pull) => {
                         self.check()?;
@@ -1382,10 +1415,14 @@ impl Plan {
         Ok(())
     }
 
-    async fn push(&self, description: ArtifactDescription) -> Result<ArtifactPath, PlanResult> {
+    /// Registers one artifact; `uri` (the config's, not a copy) names it in the error.
+    async fn push(
+        &self,
+        description: ArtifactDescription,
+        uri: &str,
+    ) -> Result<ArtifactPath, PlanResult> {
         self.check()?;
         let alias: Box<str> = description.alias.as_str().into();
-        let uri = description.uri.clone();
         let path = self
             .artifacts
             .push_artifact(description, self.collector.clone())
@@ -1419,24 +1456,28 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::ready_info;
+    use super::{InfoSuffix, ready_info};
 
     #[test]
     fn ready_info_matches_format() {
+        let mut suffix = InfoSuffix::default();
         for (r, t) in [
             (0, 0),
             (1, 7),
             (7, 7),
             (9, 10),
             (10, 10),
+            (10, 11),
             (123_456, 1_000_000),
+            (usize::MAX, usize::MAX),
         ] {
             assert_eq!(
-                ready_info(String::new(), r, t),
+                ready_info(String::new(), r, suffix.get(t)),
                 format!("{r} / {t} artifacts ready")
             );
             let path = String::from("/tmp/weles/123456/TEST/alias_123456");
-            assert_eq!(ready_info(path, r, t), format!("{r} / {t} artifacts ready"));
+            let text = ready_info(path, r, suffix.get(t));
+            assert_eq!(text, format!("{r} / {t} artifacts ready"));
         }
     }
 }

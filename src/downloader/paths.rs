@@ -121,10 +121,12 @@ const MIN_BUCKETS: usize = 16;
 /// Open addressing with linear probing; the home bucket is taken from the key's second
 /// word. A removal leaves a tombstone ([`DELETED`]), so it costs one lookup and one store
 /// (no shifting, whose loop branches unpredictably); the tombstone becomes [`EMPTY`] at once
-/// when the next bucket is empty and on the same cache line. Used buckets (entries and tombstones) stay at most 3/4 of
-/// the table; reaching that rehashes into a table sized for the live entries (at most half
-/// full): it grows, or stays or shrinks when tombstones were most of it. Otherwise, like
-/// the standard `HashMap`, a table keeps its size once grown.
+/// when the next bucket is empty and on the same cache line. Used buckets (entries and
+/// tombstones) stay at most 4/5 of the table (two buckets per line keep the probes of a
+/// linear-probing table that full mostly within one line); reaching that rehashes into a
+/// table sized for the live entries (at most half full): it grows, or stays or shrinks
+/// when tombstones were most of it. Otherwise, like the standard `HashMap`, a table keeps
+/// its size once grown.
 #[derive(Debug, Default)]
 pub(super) struct PathTable {
     buckets: Buckets,
@@ -186,7 +188,7 @@ impl PathTable {
     /// Maps `key` to `entry`; returns the entry it replaces.
     pub(super) fn insert(&mut self, key: PathKey, entry: PathEntry) -> Option<PathEntry> {
         debug_assert_eq!(key.0[0] & 1, 1, "not a PathKey");
-        if (self.used + 1) * 4 > self.buckets.len() * 3 {
+        if (self.used + 1) * 5 > self.buckets.len() * 4 {
             self.rehash(((self.len + 1) * 2).next_power_of_two().max(MIN_BUCKETS));
         }
         let mut i = self.home(key);
