@@ -19,7 +19,6 @@
 //! `BENCH_WORKERS` (default 16).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,12 +29,11 @@ use artifact_coordinator::{
     ArtifactDescription, ArtifactStatus, ArtifactType, BoxError, Config, Downloader, JobId,
     JobStatus, JobsController, Push, Store, Test, TestAction, TestCase, async_trait,
 };
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{median, peak_rss_mib};
+use common::{free_port, median, peak_rss_mib};
 
 /// One data set: a directory of files served under `/<name>/`.
 struct DataSet {
@@ -73,44 +71,9 @@ fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 
-/// Makes the data set once (deterministic pseudo-random bytes) and returns each file's
-/// name and sha256, cached in `<dir>/<set>.sha256`.
+/// The set's files (made once; see `common::data_set`).
 fn prepare(dir: &Path, set: &DataSet) -> Vec<(String, String)> {
-    let set_dir = dir.join("data").join(set.name);
-    let manifest = dir.join("data").join(format!("{}.sha256", set.name));
-    if let Ok(text) = std::fs::read_to_string(&manifest) {
-        let files: Vec<(String, String)> = text
-            .lines()
-            .filter_map(|l| l.split_once("  "))
-            .map(|(h, n)| (n.to_owned(), h.to_owned()))
-            .collect();
-        if files.len() == set.count {
-            return files;
-        }
-    }
-    std::fs::create_dir_all(&set_dir).expect("data dir");
-    let mut files = Vec::with_capacity(set.count);
-    let mut rng = fastrand::Rng::with_seed(set.size as u64 ^ set.count as u64);
-    let mut chunk = vec![0u8; 1 << 20];
-    for i in 0..set.count {
-        let name = format!("f{i:05}");
-        let mut file =
-            std::io::BufWriter::new(std::fs::File::create(set_dir.join(&name)).expect("create"));
-        let mut hasher = Sha256::new();
-        let mut left = set.size;
-        while left > 0 {
-            let n = left.min(chunk.len());
-            rng.fill(&mut chunk[..n]);
-            hasher.update(&chunk[..n]);
-            file.write_all(&chunk[..n]).expect("write");
-            left -= n;
-        }
-        file.flush().expect("flush");
-        files.push((name, hex::encode(hasher.finalize())));
-    }
-    let text: String = files.iter().map(|(n, h)| format!("{h}  {n}\n")).collect();
-    std::fs::write(&manifest, text).expect("manifest");
-    files
+    common::data_set(dir, set.name, set.count, set.size)
 }
 
 /// The HTTP server the bench downloads from.
@@ -142,13 +105,6 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 fn start_nginx(dir: &Path) -> Option<Server> {

@@ -32,7 +32,7 @@
 //!
 //! Run: `cargo bench --bench vs_peers` (quick: `BENCH_ROUNDS=1 BENCH_SETS=small,big`).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -42,12 +42,11 @@ use artifact_coordinator::{
     BoxError, Config, DEFAULT_WORKERS, Downloader, JobId, JobStatus, JobsController, Push, Store,
     Test, TestAction, TestCase, async_trait,
 };
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{median, peak_rss_mib};
+use common::{free_port, median, peak_rss_mib, read_manifest};
 
 /// Set in the environment of the re-executed binary that runs the project's side.
 const CHILD_ENV: &str = "AC_VS_PEERS_CHILD";
@@ -137,60 +136,9 @@ fn list(value: &str) -> Vec<String> {
 // ---------------------------------------------------------------------------------------
 // Data
 
-/// Makes the data set once (deterministic pseudo-random bytes, the same as
-/// `benches/store.rs`) and returns each file's name and sha256, cached in
-/// `<dir>/data/<set>.sha256`.
+/// The set's files (made once; see `common::data_set`).
 fn prepare(dir: &Path, set: &DataSet) -> Vec<(String, String)> {
-    let set_dir = dir.join("data").join(set.dir);
-    let manifest = dir.join("data").join(format!("{}.sha256", set.dir));
-    if let Some(files) = read_manifest(&manifest, set.count) {
-        let complete = files.iter().all(|(n, _)| {
-            std::fs::metadata(set_dir.join(n)).is_ok_and(|m| m.len() == set.size as u64)
-        });
-        if complete {
-            return files;
-        }
-    }
-    eprintln!(
-        "# making {} ({}) in {}",
-        set.name,
-        set.describe(),
-        set_dir.display()
-    );
-    std::fs::create_dir_all(&set_dir).expect("data dir");
-    let mut files = Vec::with_capacity(set.count);
-    let mut rng = fastrand::Rng::with_seed(set.size as u64 ^ set.count as u64);
-    let mut chunk = vec![0u8; 1 << 20];
-    for i in 0..set.count {
-        let name = format!("f{i:05}");
-        let mut file =
-            std::io::BufWriter::new(std::fs::File::create(set_dir.join(&name)).expect("create"));
-        let mut hasher = Sha256::new();
-        let mut left = set.size;
-        while left > 0 {
-            let n = left.min(chunk.len());
-            rng.fill(&mut chunk[..n]);
-            hasher.update(&chunk[..n]);
-            file.write_all(&chunk[..n]).expect("write");
-            left -= n;
-        }
-        file.flush().expect("flush");
-        files.push((name, hex::encode(hasher.finalize())));
-    }
-    let text: String = files.iter().map(|(n, h)| format!("{h}  {n}\n")).collect();
-    std::fs::write(&manifest, text).expect("manifest");
-    files
-}
-
-/// `(name, sha256)` from a `sha256sum`-style manifest with `count` lines.
-fn read_manifest(manifest: &Path, count: usize) -> Option<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(manifest).ok()?;
-    let files: Vec<(String, String)> = text
-        .lines()
-        .filter_map(|l| l.split_once("  "))
-        .map(|(h, n)| (n.to_owned(), h.to_owned()))
-        .collect();
-    (files.len() == count).then_some(files)
+    common::data_set(dir, set.dir, set.count, set.size)
 }
 
 /// Reads every file of the set once so that the server serves them from the page cache.
@@ -244,13 +192,6 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// Starts nginx (not as a daemon, its own prefix, 127.0.0.1 only) serving `root`, with

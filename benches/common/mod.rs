@@ -76,3 +76,73 @@ impl PerfControl {
         }
     }
 }
+
+/// A free TCP port on 127.0.0.1.
+#[allow(dead_code)]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The data set `<dir>/data/<name>/`: `count` files `f00000`, `f00001`, ... of `size`
+/// deterministic pseudo-random bytes, made once and reused while every file is there with
+/// its size; returns each file's name and sha256 (cached in `<dir>/data/<name>.sha256`).
+/// Shared by `benches/store.rs` and `benches/vs_peers.rs`, so both use the same data.
+#[allow(dead_code)]
+pub fn data_set(
+    dir: &std::path::Path,
+    name: &str,
+    count: usize,
+    size: usize,
+) -> Vec<(String, String)> {
+    use sha2::Digest;
+    use std::io::Write;
+    let set_dir = dir.join("data").join(name);
+    let manifest = dir.join("data").join(format!("{name}.sha256"));
+    if let Some(files) = read_manifest(&manifest, count) {
+        let complete = files
+            .iter()
+            .all(|(n, _)| std::fs::metadata(set_dir.join(n)).is_ok_and(|m| m.len() == size as u64));
+        if complete {
+            return files;
+        }
+    }
+    eprintln!("# making {count} x {size} bytes in {}", set_dir.display());
+    std::fs::create_dir_all(&set_dir).expect("data dir");
+    let mut files = Vec::with_capacity(count);
+    let mut rng = fastrand::Rng::with_seed(size as u64 ^ count as u64);
+    let mut chunk = vec![0u8; 1 << 20];
+    for i in 0..count {
+        let name = format!("f{i:05}");
+        let mut file =
+            std::io::BufWriter::new(std::fs::File::create(set_dir.join(&name)).expect("create"));
+        let mut hasher = sha2::Sha256::new();
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            rng.fill(&mut chunk[..n]);
+            hasher.update(&chunk[..n]);
+            file.write_all(&chunk[..n]).expect("write");
+            left -= n;
+        }
+        file.flush().expect("flush");
+        files.push((name, hex::encode(hasher.finalize())));
+    }
+    let text: String = files.iter().map(|(n, h)| format!("{h}  {n}\n")).collect();
+    std::fs::write(&manifest, text).expect("manifest");
+    files
+}
+
+/// `(name, sha256)` from a `sha256sum`-style manifest with `count` lines.
+#[allow(dead_code)]
+pub fn read_manifest(manifest: &std::path::Path, count: usize) -> Option<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(manifest).ok()?;
+    let files: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.split_once("  "))
+        .map(|(h, n)| (n.to_owned(), h.to_owned()))
+        .collect();
+    (files.len() == count).then_some(files)
+}
