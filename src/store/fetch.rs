@@ -1408,22 +1408,18 @@ pub(crate) fn parse_checksum(body: &[u8], kind: ChecksumType) -> Option<String> 
 
 /// SHA-256 of a file, lower-case hex (blocking).
 pub(crate) fn hash_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; WRITE_CHUNK];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            return Ok(hex::encode(hasher.finalize()));
-        }
-        hasher.update(&buf[..n]);
-    }
+    digest_file::<Sha256>(path)
 }
 
 /// MD5 of a file, lower-case hex (blocking).
 pub(crate) fn md5_file(path: &Path) -> std::io::Result<String> {
+    digest_file::<Md5>(path)
+}
+
+/// Digest `D` of a file, lower-case hex (blocking).
+fn digest_file<D: Digest>(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
-    let mut hasher = Md5::new();
+    let mut hasher = D::new();
     let mut buf = vec![0u8; WRITE_CHUNK];
     loop {
         let n = file.read(&mut buf)?;
