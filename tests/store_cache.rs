@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use artifact_coordinator::{
-    ArtifactFilter, ArtifactManager, ArtifactStatus, ByteProgress, JobId, Page, REASON_CANCELLED,
+    ArtifactFilter, ArtifactManager, ArtifactStatus, ByteProgress, ChecksumType, JobId, Page,
+    REASON_CANCELLED,
 };
 use futures_util::future::join_all;
 use support::{
@@ -540,4 +541,92 @@ async fn reopening_repairs_the_cache() {
         .await
         .assert_ready(&fx.root(), &data);
     assert_eq!(fx.server.hits("/a.img"), 2);
+}
+
+/// A cache hit for a push that also names a checksum file still checks the blob against
+/// it: only the small checksum file is fetched, and a checksum that disagrees fails the
+/// job instead of handing it the cached file.
+#[tokio::test]
+async fn cache_hit_still_checks_the_checksum_file() {
+    let fx = Fixture::new().await;
+    let data = body(80_000, 23);
+    let sha = sha256_hex(&data);
+    fx.server.serve("/a.img", Resource::new(data.clone()));
+    let md5_line = format!("{}  a.img\n", support::md5_hex(&data));
+    fx.server
+        .serve("/a.img.md5", Resource::new(md5_line.into_bytes()));
+    fx.server.serve(
+        "/wrong.md5",
+        Resource::new(b"00000000000000000000000000000000  a.img\n".to_vec()),
+    );
+    let uri = fx.server.url("/a.img");
+    fx.fetch_desc(image_sha(1, "img", &uri, &sha))
+        .await
+        .assert_ready(&fx.root(), &data);
+
+    let mut good = support::image_checksum(
+        2,
+        "img",
+        &uri,
+        &fx.server.url("/a.img.md5"),
+        ChecksumType::Md5,
+    );
+    good.sha256 = Some(sha.clone());
+    fx.fetch_desc(good).await.assert_ready(&fx.root(), &data);
+    assert_eq!(
+        fx.server.hits("/a.img"),
+        1,
+        "the artifact came from the cache"
+    );
+    assert_eq!(fx.server.hits("/a.img.md5"), 1);
+
+    let mut bad = support::image_checksum(
+        3,
+        "img",
+        &uri,
+        &fx.server.url("/wrong.md5"),
+        ChecksumType::Md5,
+    );
+    bad.sha256 = Some(sha);
+    let out = fx.fetch_desc(bad).await;
+    let last = out.changes.last().expect("a terminal change");
+    assert_eq!(last.status, ArtifactStatus::Failed);
+    assert!(
+        last.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("md5 mismatch")),
+        "{last:?}"
+    );
+    assert!(!out.path.as_path().exists());
+    assert_eq!(fx.server.hits("/a.img"), 1);
+}
+
+/// `remove_job` while another job's download runs (a transfer the two share): the other
+/// job still gets its file, the removed job leaves nothing, and one request was made.
+#[tokio::test]
+async fn removing_a_job_while_a_shared_download_runs() {
+    let fx = Fixture::with(fast_builder().cache_max_bytes(Some(1))).await;
+    let data = body(256 * 1024, 24);
+    fx.server.serve("/big.img", slow(data.clone()));
+    let uri = fx.server.url("/big.img");
+    let (p1, mut s1) = fx.push(image(1, "img", &uri)).await;
+    let (p2, mut s2) = fx.push(image(2, "img", &uri)).await;
+    s1.wait_for(&p1, ArtifactStatus::Downloading).await;
+    s2.wait_for(&p2, ArtifactStatus::Downloading).await;
+    fx.store.remove_job(JobId(1)).await.expect("remove");
+    assert!(!fx.root().join("jobs").join("1").exists());
+    let two = s2.terminal(&p2).await;
+    assert_eq!(two.status, ArtifactStatus::Ready, "{two:?}");
+    assert_eq!(std::fs::read(p2.as_path()).expect("read"), data);
+    // Over the 1-byte bound, but referenced by job 2: kept.
+    let stats = fx.store.cache_stats().await.expect("stats");
+    assert_eq!(stats.blobs, 1);
+    assert_eq!(fx.server.hits("/big.img"), 1);
+    let rows = fx
+        .store
+        .list(ArtifactFilter::default(), Page::default())
+        .await
+        .expect("list");
+    assert!(rows.records.iter().all(|r| r.job == JobId(2)), "{rows:?}");
+    assert_no_part_files(&fx.root());
 }
