@@ -34,6 +34,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// | [`max_size`](Self::max_size) | none | per-artifact size limit in bytes |
 /// | [`allow_file_scheme`](Self::allow_file_scheme) | true | accept `file://` URIs |
 /// | [`fsync`](Self::fsync) | true | fsync each file and its directory before it is READY |
+/// | [`keep_page_cache`](Self::keep_page_cache) | false | leave downloaded data in the page cache (else dropped once on disk, with fsync on) |
 /// | [`verify_on_open`](Self::verify_on_open) | false | re-hash every READY file when opening |
 /// | [`cache_max_bytes`](Self::cache_max_bytes) | none | bound on the shared cache; LRU eviction of unreferenced blobs |
 /// | [`verify_cache_hits`](Self::verify_cache_hits) | false | re-hash a cached blob on every hit (else size + mtime, re-hash if the mtime moved) |
@@ -86,6 +87,8 @@ pub(crate) struct Settings {
     pub(crate) allow_file_scheme: bool,
     /// Whether files and directories are fsynced.
     pub(crate) fsync: bool,
+    /// Whether written data stays in the page cache once it is on disk.
+    pub(crate) keep_page_cache: bool,
     /// Whether READY files are re-hashed at open.
     pub(crate) verify_on_open: bool,
     /// Bound on the cache's size.
@@ -114,6 +117,7 @@ impl Default for Settings {
             max_size: None,
             allow_file_scheme: true,
             fsync: true,
+            keep_page_cache: false,
             verify_on_open: false,
             cache_max_bytes: None,
             verify_cache_hits: false,
@@ -197,6 +201,19 @@ impl StoreBuilder {
     /// shows a partial file at a READY path, but a power loss may lose recent files.
     pub fn fsync(mut self, yes: bool) -> Self {
         self.settings.fsync = yes;
+        self
+    }
+
+    /// Whether downloaded data stays in the kernel's page cache once it is on disk
+    /// (default `false`). With [`fsync`](Self::fsync) on, a download is written back to
+    /// the disk in 8 MiB windows while it goes on, so the closing fsync has little left to
+    /// do; by default each window's pages are then dropped from the page cache, so a
+    /// multi-GiB image neither pushes the rest of the machine's cache out nor makes the
+    /// kernel find fresh memory for every window. Turn it on when jobs read their
+    /// artifacts right after they are READY and memory is plentiful. No effect without
+    /// fsync, or off Linux.
+    pub fn keep_page_cache(mut self, yes: bool) -> Self {
+        self.settings.keep_page_cache = yes;
         self
     }
 

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::StoreError;
+use super::dirsync::DirSyncs;
 use super::fetch::{ByteCount, FetchError, Validators};
 use super::index::now_ms;
 use super::paths::Layout;
@@ -401,14 +402,16 @@ pub(crate) fn seal(temp: &Path, blob: &Path) -> Result<i64, FetchError> {
 
 /// Gives the job its file at `target`: a hard link to `blob`, or (when `copy` is set or
 /// linking is impossible) a copy made at `temp` and renamed into place. With `fsync`, the
-/// copy and the directory are synced so the new name survives a power loss. Blocking.
+/// copy and the directory are synced so the new name survives a power loss (the
+/// directory's fsync shared with the other transfers placing files there, see
+/// [`DirSyncs`]). Blocking.
 pub(crate) fn place(
     blob: &Path,
     target: &Path,
     temp: &Path,
     dir: &Path,
     copy: bool,
-    fsync: bool,
+    fsync: Option<&DirSyncs>,
 ) -> Result<(), FetchError> {
     let linked = if copy {
         false
@@ -429,11 +432,10 @@ pub(crate) fn place(
         }
     };
     if !linked {
-        copy_to(blob, target, temp, fsync)?;
+        copy_to(blob, target, temp, fsync.is_some())?;
     }
-    if fsync {
-        let synced = std::fs::File::open(dir).and_then(|d| d.sync_all());
-        if let Err(source) = synced {
+    if let Some(syncs) = fsync {
+        if let Err(source) = syncs.sync(dir) {
             // The file is complete; only the durability of its name across a power loss
             // is in doubt, and recovery at open handles that.
             warn!(dir = %dir.display(), cause = %source, "cannot fsync directory");

@@ -39,6 +39,7 @@ use tracing::{debug, warn};
 use url::Url;
 
 use super::builder::Settings;
+use super::writeback::Writeback;
 use crate::model::ChecksumType;
 
 /// Bytes buffered before a write to the file (and the hashing of them) off the runtime.
@@ -550,7 +551,13 @@ enum Target {
 
 /// What a blocking write hands back: the file, the hashes, the (emptied) buffer and the
 /// write's result.
-type Written = (std::fs::File, Hashes, Vec<u8>, std::io::Result<()>);
+type Written = (
+    std::fs::File,
+    Hashes,
+    Writeback,
+    Vec<u8>,
+    std::io::Result<()>,
+);
 
 /// A byte sink that hashes what it keeps and can start over.
 ///
@@ -576,12 +583,15 @@ struct Sink {
     path: PathBuf,
     /// Byte progress, if anyone listens.
     meter: Option<Meter>,
+    /// Writeback of the file (taken out while a blocking write runs).
+    writeback: Option<Writeback>,
 }
 
 impl Sink {
-    fn file(file: std::fs::File, path: &Path, md5: bool) -> Self {
+    fn file(file: std::fs::File, path: &Path, md5: bool, writeback: Writeback) -> Self {
         Sink {
             target: Target::File(Some(file)),
+            writeback: Some(writeback),
             hashes: Some(Hashes::new(md5)),
             pending: Vec::new(),
             spare: Vec::new(),
@@ -604,6 +614,7 @@ impl Sink {
             md5,
             path: PathBuf::from("<memory>"),
             meter: None,
+            writeback: None,
         }
     }
 
@@ -658,13 +669,14 @@ impl Sink {
         let Some(inflight) = self.inflight.take() else {
             return Ok(());
         };
-        let (file, hashes, buf, result) = inflight
+        let (file, hashes, writeback, buf, result) = inflight
             .await
             .map_err(|e| self.io("write", std::io::Error::other(e.to_string())))?;
         if let Target::File(slot) = &mut self.target {
             *slot = Some(file);
         }
         self.hashes = Some(hashes);
+        self.writeback = Some(writeback);
         self.spare = buf;
         result.map_err(|e| self.io("write", e))
     }
@@ -684,12 +696,16 @@ impl Sink {
                 std::io::Error::other("file lost by an earlier error"),
             ));
         };
+        let mut writeback = self.writeback.take().unwrap_or_default();
         let mut buf = std::mem::replace(&mut self.pending, std::mem::take(&mut self.spare));
         self.inflight = Some(tokio::task::spawn_blocking(move || {
             hashes.update(&buf);
             let result = file.write_all(&buf);
+            if result.is_ok() {
+                writeback.wrote(&file, buf.len());
+            }
             buf.clear();
-            (file, hashes, buf, result)
+            (file, hashes, writeback, buf, result)
         }));
         Ok(())
     }
@@ -710,6 +726,9 @@ impl Sink {
             meter.publish(0, true);
         }
         self.hashes = Some(Hashes::new(self.md5));
+        if let Some(writeback) = &mut self.writeback {
+            writeback.reset();
+        }
         match &mut self.target {
             Target::Memory(buf) => {
                 buf.clear();
@@ -764,15 +783,20 @@ impl Sink {
             Target::File(file) => {
                 if let (true, Some(file)) = (fsync, file) {
                     let path = self.path.clone();
-                    tokio::task::spawn_blocking(move || file.sync_all())
-                        .await
-                        .map_err(|e| std::io::Error::other(e.to_string()))
-                        .and_then(|r| r)
-                        .map_err(|source| FetchError::Io {
-                            op: "fsync",
-                            path,
-                            source,
-                        })?;
+                    let mut writeback = self.writeback.take().unwrap_or_default();
+                    tokio::task::spawn_blocking(move || {
+                        file.sync_all()?;
+                        writeback.synced(&file);
+                        Ok(())
+                    })
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .and_then(|r| r)
+                    .map_err(|source| FetchError::Io {
+                        op: "fsync",
+                        path,
+                        source,
+                    })?;
                 }
                 Ok((sha256, md5, Vec::new()))
             }
@@ -801,6 +825,8 @@ pub(crate) struct Fetcher {
     max_size: Option<u64>,
     /// Whether to fsync the file.
     fsync: bool,
+    /// Whether written-back pages are dropped from the page cache.
+    drop_written_pages: bool,
 }
 
 impl Fetcher {
@@ -830,6 +856,7 @@ impl Fetcher {
             idle_timeout: settings.idle_timeout,
             max_size: settings.max_size,
             fsync: settings.fsync,
+            drop_written_pages: !settings.keep_page_cache,
         })
     }
 
@@ -890,7 +917,12 @@ impl Fetcher {
             .checksum
             .as_ref()
             .is_some_and(|c| c.kind == ChecksumType::Md5);
-        let mut sink = Sink::file(file, temp, md5);
+        let mut sink = Sink::file(
+            file,
+            temp,
+            md5,
+            Writeback::new(self.fsync, self.drop_written_pages),
+        );
         sink.meter = meter;
         let validators = match self
             .fill(source, uri, &mut sink, self.max_size, conditional, cancel)

@@ -18,12 +18,14 @@
 
 mod builder;
 mod cache;
+mod dirsync;
 mod error;
 mod fetch;
 mod index;
 mod paths;
 mod pool;
 mod transfer;
+mod writeback;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -50,6 +52,7 @@ pub use index::{
 
 use builder::Settings;
 use cache::{BlobRow, Cache, Landed, Pin};
+use dirsync::DirSyncs;
 use fetch::{Fetcher, Source, SourceError, Validators};
 use index::{Index, NewArtifact};
 use paths::Layout;
@@ -184,6 +187,11 @@ struct Core {
     generations: std::sync::atomic::AtomicU64,
     /// The shared cache's flights, pins and progress channel.
     cache: Arc<Cache>,
+    /// Job directories known to exist (made or checked by this store), so that a push
+    /// does not check them again; forgotten by [`Store::remove_job`].
+    dirs_made: Mutex<std::collections::HashSet<(JobId, ArtifactType)>>,
+    /// Group commit of directory fsyncs.
+    dir_syncs: Arc<DirSyncs>,
 }
 
 /// A job with transfers in flight.
@@ -260,6 +268,8 @@ impl Store {
             tasks: TaskTracker::new(),
             generations: std::sync::atomic::AtomicU64::new(0),
             cache: Cache::new(),
+            dirs_made: Mutex::default(),
+            dir_syncs: Arc::default(),
         });
         Ok(Store {
             handle: Arc::new(Handle {
@@ -360,7 +370,7 @@ impl Store {
         let core = Arc::clone(core);
         let root = core.layout.root().to_owned();
         tokio::spawn(async move {
-            let dir = core.type_dir(job, kind).await?;
+            let dir = core.type_dir(job, kind, true).await?;
             let (id, path) = core
                 .index
                 .insert(NewArtifact {
@@ -393,6 +403,7 @@ impl Store {
                 sha256,
                 checksum,
                 path: path.clone(),
+                kind,
                 dir,
                 collector,
                 guard,
@@ -429,7 +440,9 @@ impl Store {
             return Err(StoreError::Closed);
         }
         paths::validate_alias(description.job, &description.alias)?;
-        let dir = core.type_dir(description.job, description.kind).await?;
+        let dir = core
+            .type_dir(description.job, description.kind, false)
+            .await?;
         let (id, path) = core
             .index
             .insert(NewArtifact {
@@ -482,28 +495,33 @@ impl Store {
             .index
             .call("remove job", move |conn| cache::delete_job_rows(conn, job))
             .await?;
+        core.forget_dirs(job);
         let dir = core.layout.job_dir(job);
         let target = dir.clone();
-        blocking(
-            &dir,
-            "remove job directory",
-            move || match std::fs::symlink_metadata(&target) {
-                Ok(meta) if meta.is_dir() => {
-                    std::fs::remove_dir_all(&target).map_err(|source| StoreError::Io {
-                        op: "remove job directory",
+        let removed_dir =
+            blocking(
+                &dir,
+                "remove job directory",
+                move || match std::fs::symlink_metadata(&target) {
+                    Ok(meta) if meta.is_dir() => {
+                        std::fs::remove_dir_all(&target).map_err(|source| StoreError::Io {
+                            op: "remove job directory",
+                            path: target.clone(),
+                            source,
+                        })
+                    }
+                    Ok(_) => std::fs::remove_file(&target).map_err(|source| StoreError::Io {
+                        op: "remove",
                         path: target.clone(),
                         source,
-                    })
-                }
-                Ok(_) => std::fs::remove_file(&target).map_err(|source| StoreError::Io {
-                    op: "remove",
-                    path: target.clone(),
-                    source,
-                }),
-                Err(_) => Ok(()),
-            },
-        )
-        .await?;
+                    }),
+                    Err(_) => Ok(()),
+                },
+            )
+            .await;
+        // Again: a push that checked the directory while it was being removed.
+        core.forget_dirs(job);
+        removed_dir?;
         info!(%job, artifacts = removed, "job removed");
         core.evict().await;
         Ok(removed)
@@ -592,18 +610,43 @@ impl Core {
         })
     }
 
-    /// Creates (if needed) and returns the job's directory for `kind`.
+    /// Creates (if needed) and returns the job's directory for `kind`. With `reuse`, a
+    /// directory this store made or checked before is not checked again (a push's file is
+    /// placed later, and placing remakes a directory that went missing).
     async fn type_dir(
         self: &Arc<Self>,
         job: JobId,
         kind: ArtifactType,
+        reuse: bool,
     ) -> Result<PathBuf, StoreError> {
+        let known = || {
+            self.dirs_made
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&(job, kind))
+        };
+        if reuse && known() {
+            return Ok(self.layout.type_dir(job, kind));
+        }
         let core = Arc::clone(self);
         let dir = core.layout.type_dir(job, kind);
-        blocking(&dir, "create directory", move || {
+        let made = blocking(&dir, "create directory", move || {
             core.layout.ensure_type_dir(job, kind)
         })
-        .await
+        .await?;
+        self.dirs_made
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((job, kind));
+        Ok(made)
+    }
+
+    /// Forgets the job's directories (they are being removed).
+    fn forget_dirs(&self, job: JobId) {
+        self.dirs_made
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|&(j, _)| j != job);
     }
 
     /// A blob of content `sha256` in the cache that can be trusted (see

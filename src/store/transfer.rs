@@ -23,7 +23,8 @@ use super::index::StatusUpdate;
 use super::pool::Slot;
 use super::{Core, JobGuard, REASON_CLOSED, paths};
 use crate::model::{
-    ArtifactPath, ArtifactStatus, ArtifactStatusChange, ChecksumSource, ChecksumType, JobId,
+    ArtifactPath, ArtifactStatus, ArtifactStatusChange, ArtifactType, ChecksumSource, ChecksumType,
+    JobId,
 };
 
 /// One queued or running pushed artifact.
@@ -46,6 +47,8 @@ pub(super) struct Transfer {
     pub(super) checksum: Option<(Source, ChecksumSource)>,
     /// The final path.
     pub(super) path: ArtifactPath,
+    /// The artifact's type (its directory is the job's directory for it).
+    pub(super) kind: ArtifactType,
     /// Its directory.
     pub(super) dir: std::path::PathBuf,
     /// Where statuses go.
@@ -265,14 +268,37 @@ impl Transfer {
         let temp = self.dir.join(paths::temp_name(&self.alias, self.id));
         let dir = self.dir.clone();
         let copy = self.core.settings.copy_job_files;
-        let fsync = self.core.settings.fsync;
-        tokio::task::spawn_blocking(move || cache::place(&blob, &target, &temp, &dir, copy, fsync))
-            .await
-            .map_err(|e| FetchError::Io {
-                op: "place",
-                path: self.path.as_path().to_owned(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
+        let syncs = self
+            .core
+            .settings
+            .fsync
+            .then(|| Arc::clone(&self.core.dir_syncs));
+        let (layout, job, kind) = (self.core.layout.clone(), self.job, self.kind);
+        tokio::task::spawn_blocking(move || {
+            let place = || cache::place(&blob, &target, &temp, &dir, copy, syncs.as_deref());
+            match place() {
+                // The directory went missing since the push checked it: make it again.
+                Err(FetchError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    layout
+                        .ensure_type_dir(job, kind)
+                        .map_err(|e| FetchError::Io {
+                            op: "create directory",
+                            path: dir.clone(),
+                            source: std::io::Error::other(e.to_string()),
+                        })?;
+                    place()
+                }
+                placed => placed,
+            }
+        })
+        .await
+        .map_err(|e| FetchError::Io {
+            op: "place",
+            path: self.path.as_path().to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
         self.publish(ByteCount {
             done: landed.size,
             total: Some(landed.size),
