@@ -630,3 +630,26 @@ async fn removing_a_job_while_a_shared_download_runs() {
     assert!(rows.records.iter().all(|r| r.job == JobId(2)), "{rows:?}");
     assert_no_part_files(&fx.root());
 }
+
+/// The store checks a job's directory once; if it disappears behind the store's back (or
+/// through `remove_job`), the next push for the job makes it again and is READY.
+#[tokio::test]
+async fn a_job_directory_that_went_missing_is_made_again() {
+    let fx = Fixture::new().await;
+    let data = body(10_000, 25);
+    fx.server.serve("/a.img", Resource::new(data.clone()));
+    let uri = fx.server.url("/a.img");
+    fx.fetch_desc(image(7, "first", &uri))
+        .await
+        .assert_ready(&fx.root(), &data);
+    let job_dir = fx.root().join("jobs").join("7");
+    std::fs::remove_dir_all(&job_dir).expect("remove by hand");
+    let second = fx.fetch_desc(image(7, "second", &uri)).await;
+    second.assert_ready(&fx.root(), &data);
+    assert!(job_dir.is_dir());
+
+    fx.store.remove_job(JobId(7)).await.expect("remove_job");
+    assert!(!job_dir.exists());
+    let third = fx.fetch_desc(image(7, "third", &uri)).await;
+    third.assert_ready(&fx.root(), &data);
+}
