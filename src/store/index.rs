@@ -160,6 +160,8 @@ pub struct ArtifactPage {
 /// What [`Index::insert`] records.
 #[derive(Debug, Clone)]
 pub(crate) struct NewArtifact {
+    /// Its row id (handed out by the store, above every id the index has used).
+    pub(crate) id: i64,
     /// The job.
     pub(crate) job: JobId,
     /// Its type.
@@ -168,8 +170,8 @@ pub(crate) struct NewArtifact {
     pub(crate) alias: String,
     /// Its URI (empty for a created artifact).
     pub(crate) uri: String,
-    /// The directory its file goes in (exists, under the root).
-    pub(crate) dir: PathBuf,
+    /// Its path (a name reserved for it in its directory).
+    pub(crate) path: String,
     /// `true` for a pushed artifact, `false` for a created one.
     pub(crate) pushed: bool,
 }
@@ -199,6 +201,29 @@ type Task = Box<dyn FnOnce(&Connection) -> Finish + Send>;
 pub(crate) struct Index {
     /// Requests to the thread (a std channel: the thread blocks on it).
     tx: std_mpsc::Sender<Task>,
+    /// The highest row id used when the index was opened.
+    last_id: i64,
+}
+
+/// A request queued on the index thread; [`Pending::wait`] gives its result.
+pub(crate) struct Pending<R> {
+    /// What it does, for the error.
+    op: &'static str,
+    /// The answer, sent after the commit.
+    answer: oneshot::Receiver<rusqlite::Result<R>>,
+}
+
+impl<R> Pending<R> {
+    /// Waits for the request's result (after its transaction committed).
+    pub(crate) async fn wait(self) -> Result<R, StoreError> {
+        match self.answer.await {
+            Ok(result) => result.map_err(|source| StoreError::Index {
+                op: self.op,
+                source,
+            }),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
 }
 
 /// What opening the index found and repaired.
@@ -222,6 +247,10 @@ impl Index {
         let mut conn = open_connection(&path)?;
         let mut recovery = recover(&mut conn, layout, verify)?;
         recovery.blobs_dropped = super::cache::recover(&mut conn, layout)?;
+        let last_id = last_id(&conn).map_err(|source| StoreError::Index {
+            op: "read the last row id",
+            source,
+        })?;
         let (tx, rx) = std_mpsc::channel::<Task>();
         std::thread::Builder::new()
             .name("artifact-index".into())
@@ -231,11 +260,21 @@ impl Index {
                 path,
                 source,
             })?;
-        Ok((Index { tx }, recovery))
+        Ok((Index { tx, last_id }, recovery))
     }
 
     /// Runs `f` on the index thread and returns its result.
     pub(crate) async fn call<R, F>(&self, op: &'static str, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        self.submit(op, f).wait().await
+    }
+
+    /// Queues `f` for the index thread at once (requests run in the order they are
+    /// queued); its result, after the commit, is awaited with [`Pending::wait`].
+    pub(crate) fn submit<R, F>(&self, op: &'static str, f: F) -> Pending<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
@@ -251,11 +290,9 @@ impl Index {
                 let _ = reply.send(result);
             })
         });
-        self.tx.send(task).map_err(|_| StoreError::Closed)?;
-        match answer.await {
-            Ok(result) => result.map_err(|source| StoreError::Index { op, source }),
-            Err(_) => Err(StoreError::Closed),
-        }
+        // If the thread has stopped, `answer` ends at once and `wait` says `Closed`.
+        let _ = self.tx.send(task);
+        Pending { op, answer }
     }
 
     /// Runs `f` on the index thread without waiting for it; a failure is logged.
@@ -278,11 +315,31 @@ impl Index {
         }
     }
 
-    /// Records a new artifact under a file name no other artifact (or file) in its
-    /// directory uses; returns its id and path.
-    pub(crate) async fn insert(&self, new: NewArtifact) -> Result<(i64, String), StoreError> {
-        self.call("insert artifact", move |conn| insert(conn, &new))
-            .await
+    /// Queues the insert of a new row (id and path chosen by the store); returns at once.
+    pub(crate) fn insert(&self, new: NewArtifact) -> Pending<()> {
+        self.submit("insert artifact", move |conn| insert(conn, &new))
+    }
+
+    /// Alias and path of every row of the job's directory for `kind` (the names in use).
+    pub(crate) async fn dir_rows(
+        &self,
+        job: JobId,
+        kind: ArtifactType,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.call("list names in use", move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT alias, path FROM artifacts WHERE job = ?1 AND kind = ?2")?;
+            let rows = stmt.query_map(params![job_key(job), kind.as_str()], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// The highest row id the index has ever used (ids are never reused).
+    pub(crate) fn last_id(&self) -> i64 {
+        self.last_id
     }
 
     /// Records a status change (waits for the commit).
@@ -593,39 +650,35 @@ fn run(conn: Connection, rx: std_mpsc::Receiver<Task>) {
     debug!("index thread stopping");
 }
 
-/// Inserts a row under a unique file name.
-fn insert(conn: &Connection, new: &NewArtifact) -> rusqlite::Result<(i64, String)> {
+/// Inserts a row with the id and path the store chose.
+fn insert(conn: &Connection, new: &NewArtifact) -> rusqlite::Result<()> {
     let now = now_ms();
-    let job = job_key(new.job);
-    let kind = new.kind.as_str();
-    let taken: i64 = conn
-        .prepare_cached(
-            "SELECT COUNT(*) FROM artifacts WHERE job = ?1 AND kind = ?2 AND alias = ?3",
-        )?
-        .query_row(params![job, kind, new.alias], |row| row.get(0))?;
     let origin = if new.pushed { "push" } else { "create" };
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO artifacts (job, kind, alias, uri, path, status, origin, created_ms, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'PENDING', ?6, ?7, ?7)
-         ON CONFLICT (path) DO NOTHING",
-    )?;
-    let mut n = u32::try_from(taken).unwrap_or(0);
-    loop {
-        let path = new.dir.join(paths::candidate_name(&new.alias, n));
-        n = n.saturating_add(1);
-        let Some(path) = path.to_str() else {
-            return Err(rusqlite::Error::InvalidPath(path));
-        };
-        if std::fs::symlink_metadata(path).is_ok() {
-            continue;
-        }
-        if stmt.execute(params![job, kind, new.alias, new.uri, path, origin, now])? == 1 {
-            return Ok((conn.last_insert_rowid(), path.to_owned()));
-        }
-        if n == u32::MAX {
-            return Err(rusqlite::Error::InvalidPath(path.into()));
-        }
-    }
+    conn.prepare_cached(
+        "INSERT INTO artifacts (id, job, kind, alias, uri, path, status, origin, created_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'PENDING', ?7, ?8, ?8)",
+    )?
+    .execute(params![
+        new.id,
+        job_key(new.job),
+        new.kind.as_str(),
+        new.alias,
+        new.uri,
+        new.path,
+        origin,
+        now
+    ])?;
+    Ok(())
+}
+
+/// The highest row id ever used: `sqlite_sequence` remembers ids of deleted rows too.
+fn last_id(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'artifacts'), 0),
+                    COALESCE((SELECT MAX(id) FROM artifacts), 0))",
+        [],
+        |row| row.get(0),
+    )
 }
 
 /// Applies a status change.

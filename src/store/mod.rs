@@ -22,6 +22,7 @@ mod dirsync;
 mod error;
 mod fetch;
 mod index;
+mod names;
 mod paths;
 mod pool;
 mod transfer;
@@ -192,6 +193,8 @@ struct Core {
     dirs_made: Mutex<std::collections::HashSet<(JobId, ArtifactType)>>,
     /// Group commit of directory fsyncs.
     dir_syncs: Arc<DirSyncs>,
+    /// Row ids and file names handed out without waiting for the index.
+    names: names::Names,
 }
 
 /// A job with transfers in flight.
@@ -257,6 +260,7 @@ impl Store {
             "store opened"
         );
         let root_token = CancellationToken::new();
+        let last_id = index.last_id();
         let core = Arc::new(Core {
             layout,
             pool: Pool::new(settings.workers),
@@ -270,6 +274,7 @@ impl Store {
             cache: Cache::new(),
             dirs_made: Mutex::default(),
             dir_syncs: Arc::default(),
+            names: names::Names::new(last_id),
         });
         Ok(Store {
             handle: Arc::new(Handle {
@@ -314,7 +319,12 @@ impl Store {
     ///
     /// Checks the description (alias, URI scheme, expected digest, checksum URI), records
     /// the artifact as `PENDING`, sends `PENDING` on `collector`, queues the transfer and
-    /// returns its path. `DOWNLOADING` and then `READY` or `FAILED` (with its reason)
+    /// returns its path. Nothing here waits for the disk: the path is reserved in memory
+    /// and the row's insert queued on the index thread (a later [`list`](Self::list) or
+    /// [`info`](Self::info) sees it); only the first push of a job reads the index for
+    /// the names its directory already uses. If the collector is full, `PENDING` is sent
+    /// by the transfer right after; if the insert fails, the artifact goes `FAILED` with
+    /// the index's error. `DOWNLOADING` and then `READY` or `FAILED` (with its reason)
     /// follow on `collector` and in the index. Statuses are sent with `send().await`;
     /// errors (the receiver is gone) are ignored, and no worker is held while the
     /// terminal status waits for room in the channel.
@@ -364,62 +374,55 @@ impl Store {
             None => None,
         };
         // Registered before anything is recorded, so a `cancel_job` that runs while this
-        // push is under way cancels this transfer too. The rest runs in its own task: if
-        // the caller stops waiting, the row and its transfer still go together.
+        // push is under way cancels this transfer too. Once the name is reserved nothing
+        // waits: the row's insert is queued, PENDING sent if the collector has room (else
+        // by the transfer, first thing) and the transfer spawned, so a caller that stops
+        // waiting cannot separate the row from its transfer.
         let guard = core.register(job);
-        let core = Arc::clone(core);
-        let root = core.layout.root().to_owned();
-        tokio::spawn(async move {
-            let dir = core.type_dir(job, kind, true).await?;
-            let (id, path) = core
-                .index
-                .insert(NewArtifact {
-                    job,
-                    kind,
-                    alias: alias.clone(),
-                    uri: uri.clone(),
-                    dir: dir.clone(),
-                    pushed: true,
-                })
-                .await?;
-            let path = ArtifactPath(path);
-            debug!(id, %path, %uri, "queued");
-            tokio::select! {
-                biased;
-                _ = collector.send(ArtifactStatusChange::new(
-                    path.clone(),
-                    ArtifactStatus::Pending,
-                )) => {}
-                () = guard.cancel.cancelled() => {}
-            }
-            let slot = core.pool.enqueue();
-            let transfer = Transfer {
-                core,
+        let dir = core.type_dir(job, kind, true).await?;
+        let (id, path, inserted) = core
+            .reserve(job, kind, &alias, &dir, |id, path| NewArtifact {
                 id,
                 job,
-                alias,
-                uri,
-                source,
-                sha256,
-                checksum,
-                path: path.clone(),
                 kind,
-                dir,
-                collector,
-                guard,
-                slot: Some(slot),
-                hold: None,
-                published: None,
-            };
-            tokio::spawn(transfer.run());
-            Ok(path)
-        })
-        .await
-        .map_err(|e| StoreError::Io {
-            op: "register artifact in",
-            path: root,
-            source: std::io::Error::other(e.to_string()),
-        })?
+                alias: alias.clone(),
+                uri: uri.clone(),
+                path,
+                pushed: true,
+            })
+            .await?;
+        let path = ArtifactPath(path);
+        debug!(id, %path, %uri, "queued");
+        let pending = match collector.try_send(ArtifactStatusChange::new(
+            path.clone(),
+            ArtifactStatus::Pending,
+        )) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => None,
+            Err(mpsc::error::TrySendError::Full(change)) => Some(change),
+        };
+        let slot = core.pool.enqueue();
+        let transfer = Transfer {
+            core: Arc::clone(core),
+            id,
+            job,
+            alias,
+            uri,
+            source,
+            sha256,
+            checksum,
+            path: path.clone(),
+            kind,
+            dir,
+            collector,
+            guard,
+            inserted: Some(inserted),
+            pending,
+            slot: Some(slot),
+            hold: None,
+            published: None,
+        };
+        tokio::spawn(transfer.run());
+        Ok(path)
     }
 
     /// Like [`ArtifactManager::create_artifact`], with the store's own error type: checks
@@ -440,20 +443,28 @@ impl Store {
             return Err(StoreError::Closed);
         }
         paths::validate_alias(description.job, &description.alias)?;
-        let dir = core
-            .type_dir(description.job, description.kind, false)
-            .await?;
-        let (id, path) = core
-            .index
-            .insert(NewArtifact {
-                job: description.job,
-                kind: description.kind,
-                alias: description.alias,
-                uri: description.uri,
-                dir,
+        let ArtifactDescription {
+            job,
+            kind,
+            alias,
+            uri,
+            ..
+        } = description;
+        // Held while the row is recorded, so the job's names stay loaded meanwhile.
+        let _guard = core.register(job);
+        let dir = core.type_dir(job, kind, false).await?;
+        let (id, path, inserted) = core
+            .reserve(job, kind, &alias, &dir, |id, path| NewArtifact {
+                id,
+                job,
+                kind,
+                alias: alias.clone(),
+                uri,
+                path,
                 pushed: false,
             })
             .await?;
+        inserted.wait().await?;
         debug!(id, path, "created");
         Ok(ArtifactPath(path))
     }
@@ -476,6 +487,7 @@ impl Store {
             entry.tracker.close();
             entry.tracker.wait().await;
         }
+        core.forget_dirs(job);
     }
 
     /// Removes a job from the store: cancels its transfers (as [`cancel`](Self::cancel)),
@@ -641,12 +653,53 @@ impl Core {
         Ok(made)
     }
 
-    /// Forgets the job's directories (they are being removed).
+    /// Forgets the job's directories and the names in them (they are being removed, or
+    /// the job has nothing in flight).
     fn forget_dirs(&self, job: JobId) {
         self.dirs_made
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|&(j, _)| j != job);
+        self.names.forget(job);
+    }
+
+    /// Reserves the next id and a free path for `alias` in `dir` and queues the row's
+    /// insert (made by `row` from them); see [`names`]. Loads the directory's names from
+    /// the index first if needed.
+    async fn reserve(
+        &self,
+        job: JobId,
+        kind: ArtifactType,
+        alias: &str,
+        dir: &Path,
+        row: impl FnOnce(i64, String) -> NewArtifact,
+    ) -> Result<(i64, String, index::Pending<()>), StoreError> {
+        let mut row = Some(row);
+        loop {
+            let reserved = self.names.reserve(job, kind, alias, dir, |id, path| {
+                let path = path.to_str().map(str::to_owned);
+                match (path, row.take()) {
+                    (Some(path), Some(row)) => Ok((path.clone(), self.index.insert(row(id, path)))),
+                    _ => Err(()),
+                }
+            });
+            match reserved {
+                Some((id, _, Ok((path, inserted)))) => return Ok((id, path, inserted)),
+                Some((_, path, Err(()))) => {
+                    return Err(StoreError::Io {
+                        op: "name artifact",
+                        path,
+                        source: std::io::Error::other("the path is not valid UTF-8"),
+                    });
+                }
+                None => {
+                    let epoch = self.names.epoch();
+                    let rows = self.index.dir_rows(job, kind).await?;
+                    self.names
+                        .load(job, kind, names::DirNames::from_rows(rows), epoch);
+                }
+            }
+        }
     }
 
     /// A blob of content `sha256` in the cache that can be trusted (see
@@ -804,6 +857,8 @@ impl Drop for JobGuard {
             && entry.tracker.is_empty()
         {
             jobs.remove(&self.job);
+            // Nothing in flight: its names are read from the index again when needed.
+            self.core.forget_dirs(self.job);
         }
     }
 }

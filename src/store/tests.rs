@@ -782,15 +782,19 @@ async fn recovers_after_crash() {
         let dir = layout
             .ensure_type_dir(JobId(1), ArtifactType::Image)
             .unwrap();
-        let (id, path) = index
+        let id = index.last_id() + 1;
+        let path = dir.join("running").to_str().unwrap().to_owned();
+        index
             .insert(NewArtifact {
+                id,
                 job: JobId(1),
                 kind: ArtifactType::Image,
                 alias: "running".into(),
                 uri: server.url("f"),
-                dir: dir.clone(),
+                path: path.clone(),
                 pushed: true,
             })
+            .wait()
             .await
             .unwrap();
         index

@@ -19,7 +19,7 @@ use tracing::{debug, info, instrument, warn};
 
 use super::cache::{self, BlobRow, FlightKey, FlightState, Landed, Ticket};
 use super::fetch::{self, ByteCount, Downloaded, Expected, FetchError, Fetched, Meter, Source};
-use super::index::StatusUpdate;
+use super::index::{Pending, StatusUpdate};
 use super::pool::Slot;
 use super::{Core, JobGuard, REASON_CLOSED, paths};
 use crate::model::{
@@ -55,6 +55,10 @@ pub(super) struct Transfer {
     pub(super) collector: mpsc::Sender<ArtifactStatusChange>,
     /// Registration with the job (cancellation) and the store.
     pub(super) guard: JobGuard,
+    /// The insert of its row, queued at push time; `None` once confirmed.
+    pub(super) inserted: Option<Pending<()>>,
+    /// `PENDING`, when the collector had no room for it at push time.
+    pub(super) pending: Option<ArtifactStatusChange>,
     /// Its place in the worker queue, taken at push time; `None` once taken out.
     pub(super) slot: Option<oneshot::Receiver<Slot>>,
     /// The blob behind the file, pinned until `READY` is recorded.
@@ -67,7 +71,10 @@ impl Transfer {
     /// Gets the file in place, records and reports the outcome.
     #[instrument(name = "transfer", skip_all, fields(job = %self.job, id = self.id, alias = %self.alias))]
     pub(super) async fn run(mut self) {
-        let outcome = self.execute().await;
+        let outcome = match self.recorded().await {
+            Ok(()) => self.execute().await,
+            Err(e) => Err(e),
+        };
         let core = &self.core;
         let change = match outcome {
             Ok(fetched) => {
@@ -114,6 +121,23 @@ impl Transfer {
         } = self;
         drop(guard);
         let _ = collector.send(change).await;
+    }
+
+    /// Sends `PENDING` if `push` could not, and waits until the row is in the index.
+    async fn recorded(&mut self) -> Result<(), FetchError> {
+        if let Some(change) = self.pending.take() {
+            tokio::select! {
+                biased;
+                _ = self.collector.send(change) => {}
+                () = self.guard.cancel.cancelled() => {}
+            }
+        }
+        match self.inserted.take() {
+            Some(inserted) => inserted.wait().await.map_err(|e| {
+                FetchError::Shared(format!("cannot record the artifact in the index: {e}").into())
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Records FAILED (logged if the index fails too).
