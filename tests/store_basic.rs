@@ -649,3 +649,122 @@ async fn open_creates_root() {
     );
     assert!(store.root().join("index.sqlite").is_file());
 }
+
+/// A store reopened on the same root continues the names of a job's directory from its
+/// index: the same alias pushed again gets `~1`, and row ids keep increasing.
+#[tokio::test]
+async fn names_and_ids_continue_after_reopening() {
+    let fx = Fixture::new().await;
+    let data = body(1000, 14);
+    fx.server.serve("/f", Resource::new(data.clone()));
+    let url = fx.server.url("/f");
+    let first = fx.fetch_desc(image(5, "again", &url)).await;
+    first.assert_ready(&fx.root(), &data);
+    fx.store.close().await;
+    let store = Store::open(fx.root()).await.expect("reopen");
+    let (tx, mut statuses) = support::Statuses::channel();
+    let path = store
+        .push_artifact(image(5, "again", &url), tx)
+        .await
+        .expect("push");
+    assert_eq!(path.as_path().file_name().unwrap(), "again~1");
+    assert_eq!(statuses.terminal(&path).await.status, ArtifactStatus::Ready);
+    let record = store.info(&path).await.expect("info").expect("row");
+    assert!(
+        record.id > first.record.id,
+        "{} > {}",
+        record.id,
+        first.record.id
+    );
+    store.close().await;
+}
+
+/// `push` does not wait for room in the collector: with the channel full it returns the
+/// path at once, and `PENDING` follows (before the other statuses) once there is room.
+#[tokio::test]
+async fn push_with_a_full_collector_returns_and_sends_pending_later() {
+    let fx = Fixture::new().await;
+    let data = body(1000, 15);
+    fx.server.serve("/f", Resource::new(data.clone()));
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let filler = artifact_coordinator::ArtifactStatusChange::new(
+        ArtifactPath("filler".into()),
+        ArtifactStatus::Pending,
+    );
+    tx.try_send(filler.clone()).expect("room for one");
+    let path = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        fx.store
+            .push_artifact(image(6, "f", &fx.server.url("/f")), tx),
+    )
+    .await
+    .expect("push returns with the collector full")
+    .expect("push");
+    assert_eq!(rx.recv().await, Some(filler));
+    let mut seen = Vec::new();
+    while let Some(change) = rx.recv().await {
+        assert_eq!(change.path, path);
+        let done = change.status.is_terminal();
+        seen.push(change.status);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            ArtifactStatus::Pending,
+            ArtifactStatus::Downloading,
+            ArtifactStatus::Ready
+        ]
+    );
+    assert_eq!(std::fs::read(path.as_path()).expect("read"), data);
+}
+
+/// A row the store cannot insert (a writer behind the store's back took the path it
+/// reserved; the store expects to be the index's only writer) makes the artifact FAILED
+/// with the index's error, and no file is left at the path.
+#[tokio::test]
+async fn a_failed_row_insert_fails_the_artifact() {
+    let fx = Fixture::new().await;
+    let data = body(64 * 1024, 16);
+    // Keeps job 8 busy, so the store keeps its names for the job's directory loaded.
+    fx.server.serve(
+        "/slow",
+        Resource::new(data.clone()).trickle(4096, std::time::Duration::from_millis(20)),
+    );
+    fx.server.serve("/f", Resource::new(data.clone()));
+    let (busy, mut busy_statuses) = fx.push(image(8, "busy", &fx.server.url("/slow"))).await;
+    // DOWNLOADING: its row is in (the other writer below must not take its id).
+    busy_statuses
+        .wait_for(&busy, ArtifactStatus::Downloading)
+        .await;
+    let planted = fx.root().join("jobs").join("8").join("image").join("x");
+    let db = rusqlite::Connection::open(fx.root().join("index.sqlite")).expect("open db");
+    db.busy_timeout(std::time::Duration::from_secs(5))
+        .expect("timeout");
+    db.execute(
+        "INSERT INTO artifacts (id, job, kind, alias, uri, path, status, created_ms, updated_ms)
+         VALUES (1000000, 8, 'image', 'x', '', ?1, 'FAILED', 0, 0)",
+        [planted.to_str().expect("utf-8")],
+    )
+    .expect("plant a row");
+    let (tx, mut statuses) = support::Statuses::channel();
+    let path = fx
+        .store
+        .push_artifact(image(8, "x", &fx.server.url("/f")), tx)
+        .await
+        .expect("push");
+    assert_eq!(path.as_path(), planted);
+    let last = statuses.terminal(&path).await;
+    assert_eq!(last.status, ArtifactStatus::Failed);
+    let reason = last.reason.expect("reason");
+    assert!(
+        reason.contains("cannot record the artifact in the index"),
+        "{reason}"
+    );
+    assert!(!planted.exists());
+    let busy_last = busy_statuses.terminal(&busy).await;
+    assert_eq!(busy_last.status, ArtifactStatus::Ready, "{busy_last:?}");
+    assert_no_part_files(&fx.root());
+}

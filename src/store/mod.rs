@@ -126,7 +126,9 @@ pub const REASON_CLOSED: &str = "store closed";
 /// # One store per root
 ///
 /// Only one `Store` (in one process) may have a root open at a time: opening runs the
-/// crash recovery above, which would fail the other store's transfers.
+/// crash recovery above, which would fail the other store's transfers, and the store
+/// hands out row ids and file names from memory, so it must be the index's only writer
+/// (other processes may read it).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
