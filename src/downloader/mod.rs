@@ -484,12 +484,17 @@ struct JobInfo {
     stop: Arc<AtomicBool>,
     /// The job's worker, once a status call has not completed at once.
     worker: Option<Worker>,
+    /// What a READY does not touch, kept out of line so the map's entries stay small.
+    cold: Box<JobCold>,
+}
+
+/// The parts of a job's progress that only registration, failures and byte progress use.
+#[derive(Default)]
+struct JobCold {
     /// Aliases of the registered paths, to name the artifact in a FAIL message.
     aliases: Aliases,
     /// Byte progress per artifact, and the sums (only with a progress subscription).
     bytes: ByteSums,
-    /// The end of the READY info for the current total.
-    info_suffix: InfoSuffix,
 }
 
 /// A job's byte progress: the latest count per artifact and their sums.
@@ -717,8 +722,8 @@ impl Actor {
                     ready: i.ready,
                     failed: i.failed,
                     config_saved: i.config_saved,
-                    bytes_done: i.bytes.done,
-                    bytes_total: i.bytes.total,
+                    bytes_done: i.cold.bytes.done,
+                    bytes_total: i.cold.bytes.total,
                 }));
             }
             Command::Shutdown { .. } => unreachable!("handled in the main loop"),
@@ -730,11 +735,11 @@ impl Actor {
         let mut bytes: Vec<JobBytes> = self
             .info
             .iter()
-            .filter(|(_, i)| !i.bytes.per_path.is_empty())
+            .filter(|(_, i)| !i.cold.bytes.per_path.is_empty())
             .map(|(job, i)| JobBytes {
                 job: *job,
-                done: i.bytes.done,
-                total: i.bytes.total,
+                done: i.cold.bytes.done,
+                total: i.cold.bytes.total,
             })
             .collect();
         bytes.sort_by_key(|b| b.job);
@@ -746,7 +751,7 @@ impl Actor {
         match event {
             Ok(p) => {
                 if let Some(info) = self.info.get_mut(&p.job) {
-                    info.bytes.update(p.path, p.done, p.total);
+                    info.cold.bytes.update(p.path, p.done, p.total);
                 }
             }
             // Later events carry absolute counts, so the sums recover by themselves.
@@ -777,9 +782,7 @@ impl Actor {
                 finishing: false,
                 stop: stop.clone(),
                 worker: None,
-                aliases: Aliases::default(),
-                bytes: ByteSums::default(),
-                info_suffix: InfoSuffix::default(),
+                cold: Box::default(),
             },
         );
         let plan = Plan {
@@ -861,7 +864,7 @@ impl Actor {
                     return;
                 };
                 info.paths += 1;
-                info.aliases.push(key, &alias);
+                info.cold.aliases.push(key, &alias);
                 self.path2job.insert(key, PathEntry { job: job.0, run });
                 if let Some(change) = orphan {
                     self.apply_change(change, key);
@@ -986,7 +989,7 @@ impl Actor {
                 info.ready += 1;
                 let ready = info.ready;
                 // The path is not needed any more: its buffer carries the info.
-                let text = ready_info(change.path.0, ready, info.info_suffix.get(info.paths));
+                let text = ready_info(change.path.0, ready, info.paths);
                 let complete = info.config_saved && info.failed == 0 && info.ready == info.paths;
                 let called = call_status(
                     &self.jobs,
@@ -1005,7 +1008,7 @@ impl Actor {
             }
             ArtifactStatus::Failed => {
                 info.failed += 1;
-                let alias = info.aliases.get(key).unwrap_or("?");
+                let alias = info.cold.aliases.get(key).unwrap_or("?");
                 let reason = change.reason.as_deref().unwrap_or("unknown reason");
                 let msg = format!(
                     "failed to download artifact {alias} ({}): {reason}",
@@ -1177,35 +1180,24 @@ impl Actor {
     }
 }
 
-/// `" / <total> artifacts ready"`, kept per job: the part of the READY info that changes
-/// only when a path is registered, formatted once per total instead of once per READY.
-#[derive(Default)]
-struct InfoSuffix {
-    total: usize,
-    /// Empty until first needed.
-    text: String,
+/// `"<ready> / <total> artifacts ready"`, written into `buf` (cleared first) without the
+/// formatting machinery: this runs once per READY artifact, and `buf` is the change's own
+/// path string, so the info usually costs no allocation at all.
+fn ready_info(buf: String, ready: usize, total: usize) -> String {
+    let mut text = buf;
+    text.clear();
+    push_decimal(&mut text, ready);
+    text.push_str(" / ");
+    push_decimal(&mut text, total);
+    text.push_str(" artifacts ready");
+    text
 }
 
-impl InfoSuffix {
-    fn get(&mut self, total: usize) -> &str {
-        if self.text.is_empty() || self.total != total {
-            use std::fmt::Write;
-            self.text.clear();
-            let _ = write!(self.text, " / {total} artifacts ready");
-            self.total = total;
-        }
-        &self.text
-    }
-}
-
-/// `"<ready> / <total> artifacts ready"` (`suffix` is the part from `" / "` on), written
-/// into `buf` (cleared first) without the formatting machinery: this runs once per READY
-/// artifact, and `buf` is the change's own path string, so the info usually costs no
-/// allocation at all.
-fn ready_info(buf: String, ready: usize, suffix: &str) -> String {
+/// Appends `n` in decimal (without the formatting machinery: this runs once per READY).
+fn push_decimal(text: &mut String, n: usize) {
     let mut digits = [0u8; 20];
     let mut start = digits.len();
-    let mut n = ready;
+    let mut n = n;
     loop {
         start -= 1;
         digits[start] = b'0' + (n % 10) as u8;
@@ -1214,12 +1206,8 @@ fn ready_info(buf: String, ready: usize, suffix: &str) -> String {
             break;
         }
     }
-    let mut text = buf;
-    text.clear();
     // ASCII digits: the check cannot fail.
     text.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
-    text.push_str(suffix);
-    text
 }
 
 /// The text of a FAIL caused by a failed status call.
@@ -1462,11 +1450,10 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{InfoSuffix, ready_info};
+    use super::ready_info;
 
     #[test]
     fn ready_info_matches_format() {
-        let mut suffix = InfoSuffix::default();
         for (r, t) in [
             (0, 0),
             (1, 7),
@@ -1478,11 +1465,11 @@ mod tests {
             (usize::MAX, usize::MAX),
         ] {
             assert_eq!(
-                ready_info(String::new(), r, suffix.get(t)),
+                ready_info(String::new(), r, t),
                 format!("{r} / {t} artifacts ready")
             );
             let path = String::from("/tmp/weles/123456/TEST/alias_123456");
-            let text = ready_info(path, r, suffix.get(t));
+            let text = ready_info(path, r, t);
             assert_eq!(text, format!("{r} / {t} artifacts ready"));
         }
     }
