@@ -1206,8 +1206,10 @@ fn push_decimal(text: &mut String, n: usize) {
             break;
         }
     }
-    // ASCII digits: the check cannot fail.
-    text.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
+    text.reserve(digits.len() - start);
+    for &digit in &digits[start..] {
+        text.push(char::from(digit));
+    }
 }
 
 /// The text of a FAIL caused by a failed status call.
