@@ -253,3 +253,38 @@ async fn queue_is_served_in_push_order() {
         "requests out of push order"
     );
 }
+
+/// With `max_transfers` reached, a push waits for a transfer to end (nothing of it is
+/// recorded or requested meanwhile), then goes on normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_waits_for_room_among_the_transfers() {
+    let fx = Fixture::with(fast_builder().workers(1).max_transfers(1)).await;
+    fx.server.script("/stall", [Step::stall_after(1000)]);
+    let data = body(5000, 3);
+    fx.server.serve("/f", Resource::new(data.clone()));
+    let (stuck, mut stuck_statuses) = fx.push(image(1, "stuck", &fx.server.url("/stall"))).await;
+    stuck_statuses
+        .wait_for(&stuck, ArtifactStatus::Downloading)
+        .await;
+    let (tx, mut statuses) = Statuses::channel();
+    let store = fx.store.clone();
+    let uri = fx.server.url("/f");
+    let second = tokio::spawn(async move { store.push_artifact(image(2, "f", &uri), tx).await });
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !second.is_finished(),
+        "the push waits while the only place is taken"
+    );
+    assert_eq!(fx.server.hits("/f"), 0);
+    fx.store.cancel(JobId(1)).await;
+    let path = tokio::time::timeout(std::time::Duration::from_secs(20), second)
+        .await
+        .expect("the push goes on once the stuck transfer ends")
+        .expect("join")
+        .expect("push");
+    let last = statuses.terminal(&path).await;
+    assert_eq!(last.status, ArtifactStatus::Ready, "{last:?}");
+    assert_eq!(std::fs::read(path.as_path()).expect("read"), data);
+}

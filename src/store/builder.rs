@@ -7,6 +7,9 @@ use super::{Store, StoreError};
 
 /// Default number of concurrent transfers.
 pub const DEFAULT_WORKERS: usize = 16;
+
+/// Default [`StoreBuilder::max_transfers`].
+pub const DEFAULT_MAX_TRANSFERS: usize = 1024;
 /// Default number of attempts per transfer, the first included.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 /// Default base of the exponential backoff between attempts.
@@ -25,6 +28,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// | knob | default | meaning |
 /// | --- | --- | --- |
 /// | [`workers`](Self::workers) | 16 | transfers running at once; the rest wait in a FIFO queue |
+/// | [`max_transfers`](Self::max_transfers) | 1024 | transfers queued or running; a push beyond it waits for one to end |
 /// | [`max_attempts`](Self::max_attempts) | 5 | attempts per transfer, the first included |
 /// | [`backoff_base`](Self::backoff_base) | 250 ms | delay before retry *k* is random in `0..=min(max, base * 2^k)` (full jitter) |
 /// | [`backoff_max`](Self::backoff_max) | 30 s | ceiling of that range |
@@ -69,6 +73,8 @@ pub struct StoreBuilder {
 pub(crate) struct Settings {
     /// Concurrent transfers (at least 1).
     pub(crate) workers: usize,
+    /// Transfers queued or running (at least `workers`).
+    pub(crate) max_transfers: usize,
     /// Attempts per transfer, the first included (at least 1).
     pub(crate) max_attempts: u32,
     /// Base of the exponential backoff.
@@ -108,6 +114,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             workers: DEFAULT_WORKERS,
+            max_transfers: DEFAULT_MAX_TRANSFERS,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             backoff_base: DEFAULT_BACKOFF_BASE,
             backoff_max: DEFAULT_BACKOFF_MAX,
@@ -137,6 +144,15 @@ impl StoreBuilder {
     /// artifacts beyond that wait in a FIFO queue, as `PENDING`.
     pub fn workers(mut self, n: usize) -> Self {
         self.settings.workers = n.max(1);
+        self
+    }
+
+    /// Most transfers queued or running at once (default 1024; never fewer than
+    /// [`workers`](Self::workers)). A push beyond it waits until a transfer ends, so a job
+    /// with 100,000 artifacts is registered only as fast as they download and the
+    /// queue's memory stays bounded (a queued transfer holds a few KiB).
+    pub fn max_transfers(mut self, n: usize) -> Self {
+        self.settings.max_transfers = n;
         self
     }
 

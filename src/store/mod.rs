@@ -197,6 +197,8 @@ struct Core {
     dir_syncs: Arc<DirSyncs>,
     /// Row ids and file names handed out without waiting for the index.
     names: names::Names,
+    /// One permit per transfer queued or running ([`StoreBuilder::max_transfers`]).
+    room: Arc<tokio::sync::Semaphore>,
 }
 
 /// A job with transfers in flight.
@@ -263,6 +265,9 @@ impl Store {
         );
         let root_token = CancellationToken::new();
         let last_id = index.last_id();
+        let max_transfers = settings
+            .max_transfers
+            .clamp(settings.workers, tokio::sync::Semaphore::MAX_PERMITS);
         let core = Arc::new(Core {
             layout,
             pool: Pool::new(settings.workers),
@@ -277,6 +282,7 @@ impl Store {
             dirs_made: Mutex::default(),
             dir_syncs: Arc::default(),
             names: names::Names::new(last_id),
+            room: Arc::new(tokio::sync::Semaphore::new(max_transfers)),
         });
         Ok(Store {
             handle: Arc::new(Handle {
@@ -326,7 +332,8 @@ impl Store {
     /// [`info`](Self::info) sees it); only the first push of a job reads the index for
     /// the names its directory already uses. If the collector is full, `PENDING` is sent
     /// by the transfer right after; if the insert fails, the artifact goes `FAILED` with
-    /// the index's error. `DOWNLOADING` and then `READY` or `FAILED` (with its reason)
+    /// the index's error. When [`StoreBuilder::max_transfers`] transfers are queued or
+    /// running, the push first waits for one of them to end. `DOWNLOADING` and then `READY` or `FAILED` (with its reason)
     /// follow on `collector` and in the index. Statuses are sent with `send().await`;
     /// errors (the receiver is gone) are ignored, and no worker is held while the
     /// terminal status waits for room in the channel.
@@ -380,6 +387,13 @@ impl Store {
         // waits: the row's insert is queued, PENDING sent if the collector has room (else
         // by the transfer, first thing) and the transfer spawned, so a caller that stops
         // waiting cannot separate the row from its transfer.
+        let room = tokio::select! {
+            biased;
+            () = core.root_token.cancelled() => return Err(StoreError::Closed),
+            room = Arc::clone(&core.room).acquire_owned() => {
+                room.map_err(|_| StoreError::Closed)?
+            }
+        };
         let guard = core.register(job);
         let dir = core.type_dir(job, kind, true).await?;
         let (id, path, inserted) = core
@@ -417,6 +431,7 @@ impl Store {
             dir,
             collector,
             guard,
+            room,
             inserted: Some(inserted),
             pending,
             slot: Some(slot),

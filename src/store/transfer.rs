@@ -55,6 +55,8 @@ pub(super) struct Transfer {
     pub(super) collector: mpsc::Sender<ArtifactStatusChange>,
     /// Registration with the job (cancellation) and the store.
     pub(super) guard: JobGuard,
+    /// Its place among the store's transfers (`max_transfers`).
+    pub(super) room: tokio::sync::OwnedSemaphorePermit,
     /// The insert of its row, queued at push time; `None` once confirmed.
     pub(super) inserted: Option<Pending<()>>,
     /// `PENDING`, when the collector had no room for it at push time.
@@ -71,8 +73,8 @@ impl Transfer {
     /// Gets the file in place, records and reports the outcome.
     #[instrument(name = "transfer", skip_all, fields(job = %self.job, id = self.id, alias = %self.alias))]
     pub(super) async fn run(mut self) {
-        let outcome = match self.recorded().await {
-            Ok(()) => self.execute().await,
+        let outcome = match Box::pin(self.recorded()).await {
+            Ok(()) => Box::pin(self.execute()).await,
             Err(e) => Err(e),
         };
         let core = &self.core;
@@ -85,7 +87,7 @@ impl Transfer {
                     sha256: Some(fetched.sha256.clone()),
                     error: None,
                 };
-                match core.index.update(update).await {
+                match Box::pin(core.index.update(update)).await {
                     Ok(()) => {
                         info!(size = fetched.size, sha256 = %fetched.sha256, "ready");
                         ArtifactStatusChange::new(self.path.clone(), ArtifactStatus::Ready)
@@ -94,7 +96,7 @@ impl Transfer {
                         let reason = format!("cannot record READY in the index: {e}");
                         warn!(reason, "failed");
                         fetch::remove_quietly(self.path.as_path()).await;
-                        self.fail_in_index(&reason).await;
+                        Box::pin(self.fail_in_index(&reason)).await;
                         ArtifactStatusChange::failed(self.path.clone(), reason)
                     }
                 }
@@ -110,16 +112,20 @@ impl Transfer {
                 } else {
                     warn!(reason, "failed");
                 }
-                self.fail_in_index(&reason).await;
+                Box::pin(self.fail_in_index(&reason)).await;
                 ArtifactStatusChange::failed(self.path.clone(), reason)
             }
         };
         // Released before the send: `cancel_job` and `close` wait for the clean-up, not
         // for room in the collector. The blob's pin goes too: the row references it now.
         let Transfer {
-            collector, guard, ..
+            collector,
+            guard,
+            room,
+            ..
         } = self;
         drop(guard);
+        drop(room);
         let _ = collector.send(change).await;
     }
 
@@ -165,17 +171,20 @@ impl Transfer {
             return Err(FetchError::Cancelled);
         }
         if let Some(sha256) = &self.sha256
-            && let Some(landed) = core.hit(sha256).await
+            && let Some(landed) = Box::pin(core.hit(sha256)).await
         {
             debug!(sha256, "cache hit");
             drop(queued);
             if let Some((source, checksum)) = &self.checksum {
-                check_blob_against(&core, &landed, source, checksum, &cancel).await?;
+                Box::pin(check_blob_against(
+                    &core, &landed, source, checksum, &cancel,
+                ))
+                .await?;
             }
-            return self.deliver(landed, &cancel).await;
+            return Box::pin(self.deliver(landed, &cancel)).await;
         }
         let conditional = match (&self.sha256, &self.source) {
-            (None, Source::Http(_)) => core.revalidation(&self.uri).await,
+            (None, Source::Http(_)) => Box::pin(core.revalidation(&self.uri)).await,
             _ => None,
         };
         let key = FlightKey {
@@ -200,7 +209,7 @@ impl Transfer {
             drop(queued);
         }
         let landed = self.wait(ticket, &cancel).await?;
-        self.deliver(landed, &cancel).await
+        Box::pin(self.deliver(landed, &cancel)).await
     }
 
     /// Waits for the flight, reporting `DOWNLOADING` when it starts and forwarding its
@@ -425,6 +434,21 @@ impl FlightRun {
             slot = slot => slot.map_err(|_| FetchError::Cancelled)?,
         };
         self.flight.state.send_replace(FlightState::Running);
+        // Boxed: a flight waiting for its worker keeps only a small task; the download's
+        // (large) state exists for running ones only.
+        let result = Box::pin(self.fetch_and_seal(&core, &token)).await;
+        drop(_slot);
+        result
+    }
+
+    /// With a worker: fetches the checksum file if any, downloads, verifies and moves the
+    /// result into the cache.
+    async fn fetch_and_seal(
+        &mut self,
+        core: &Arc<Core>,
+        token: &CancellationToken,
+    ) -> Result<Arc<Landed>, FetchError> {
+        let token = token.clone();
         let mut expected = Expected {
             sha256: self.key.sha256.clone(),
             checksum: None,
