@@ -333,8 +333,8 @@ impl Store {
     /// the names its directory already uses. If the collector is full, `PENDING` is sent
     /// by the transfer right after; if the insert fails, the artifact goes `FAILED` with
     /// the index's error. When [`StoreBuilder::max_transfers`] transfers are queued or
-    /// running, the push first waits for one of them to end. `DOWNLOADING` and then `READY` or `FAILED` (with its reason)
-    /// follow on `collector` and in the index. Statuses are sent with `send().await`;
+    /// running, the push first waits for one of them to end. `DOWNLOADING` and then
+    /// `READY` or `FAILED` (with its reason) follow on `collector` and in the index. Statuses are sent with `send().await`;
     /// errors (the receiver is gone) are ignored, and no worker is held while the
     /// terminal status waits for room in the channel.
     ///
@@ -382,11 +382,12 @@ impl Store {
             Some(c) => Some((core.source(job, &alias, &c.uri)?, c)),
             None => None,
         };
-        // Registered before anything is recorded, so a `cancel_job` that runs while this
-        // push is under way cancels this transfer too. Once the name is reserved nothing
-        // waits: the row's insert is queued, PENDING sent if the collector has room (else
-        // by the transfer, first thing) and the transfer spawned, so a caller that stops
-        // waiting cannot separate the row from its transfer.
+        // First a place among the transfers (the only wait that can be long). Then the
+        // job registration, before anything is recorded, so a `cancel_job` that runs
+        // while this push is under way cancels this transfer too. Once the name is
+        // reserved nothing waits: the row's insert is queued, PENDING sent if the
+        // collector has room (else by the transfer, first thing) and the transfer spawned,
+        // so a caller that stops waiting cannot separate the row from its transfer.
         let room = tokio::select! {
             biased;
             () = core.root_token.cancelled() => return Err(StoreError::Closed),
