@@ -393,11 +393,18 @@ async fn cancelling_both_sharing_jobs_stops_the_transfer() {
     let data = body(512 * 1024, 18);
     fx.server.serve("/big.img", slow(data.clone()));
     let uri = fx.server.url("/big.img");
+    let mut progress = fx.store.subscribe_progress();
     let (p1, mut s1) = fx.push(image(1, "img", &uri)).await;
     let (p2, mut s2) = fx.push(image(2, "img", &uri)).await;
     // Both wait on the running transfer once both have reported DOWNLOADING.
     s1.wait_for(&p1, ArtifactStatus::Downloading).await;
     s2.wait_for(&p2, ArtifactStatus::Downloading).await;
+    // DOWNLOADING comes when the transfer gets its worker; the first progress event,
+    // when the response has arrived: the request has reached the server.
+    tokio::time::timeout(WAIT, progress.recv())
+        .await
+        .expect("a progress event")
+        .expect("progress open");
     fx.store.cancel_job(JobId(1)).await.expect("cancel");
     fx.store.cancel_job(JobId(2)).await.expect("cancel");
     assert_no_part_files(&fx.root());

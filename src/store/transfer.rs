@@ -428,7 +428,7 @@ impl FlightRun {
         let core = Arc::clone(&self.core);
         let token = self.flight.token.clone();
         let slot = &mut self.slot;
-        let _slot = tokio::select! {
+        let slot = tokio::select! {
             biased;
             () = token.cancelled() => return Err(FetchError::Cancelled),
             slot = slot => slot.map_err(|_| FetchError::Cancelled)?,
@@ -436,17 +436,16 @@ impl FlightRun {
         self.flight.state.send_replace(FlightState::Running);
         // Boxed: a flight waiting for its worker keeps only a small task; the download's
         // (large) state exists for running ones only.
-        let result = Box::pin(self.fetch_and_seal(&core, &token)).await;
-        drop(_slot);
-        result
+        Box::pin(self.fetch_and_seal(&core, &token, slot)).await
     }
 
-    /// With a worker: fetches the checksum file if any, downloads, verifies and moves the
-    /// result into the cache.
+    /// With the worker `slot`: fetches the checksum file if any, downloads and verifies,
+    /// gives the worker back, and moves the result into the cache.
     async fn fetch_and_seal(
         &mut self,
         core: &Arc<Core>,
         token: &CancellationToken,
+        slot: Slot,
     ) -> Result<Arc<Landed>, FetchError> {
         let token = token.clone();
         let mut expected = Expected {
@@ -477,6 +476,9 @@ impl FlightRun {
                 &token,
             )
             .await?;
+        // The network and the file are done with: the next transfer may start while this
+        // one is moved into the cache and recorded.
+        drop(slot);
         let fetched = match downloaded {
             Downloaded::NotModified => {
                 let Some((_, landed)) = self.conditional.take() else {
