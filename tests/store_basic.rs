@@ -768,3 +768,21 @@ async fn a_failed_row_insert_fails_the_artifact() {
     assert_eq!(busy_last.status, ArtifactStatus::Ready, "{busy_last:?}");
     assert_no_part_files(&fx.root());
 }
+
+/// A download larger than a few writeback windows (8 MiB) is complete and verified,
+/// whether its pages are dropped from the page cache once on disk (the default) or kept.
+#[tokio::test]
+async fn large_download_is_intact_with_and_without_keeping_pages() {
+    let data = body(20 << 20, 17);
+    let sha = sha256_hex(&data);
+    for keep in [false, true] {
+        let fx = Fixture::with(fast_builder().keep_page_cache(keep)).await;
+        fx.server.serve("/big", Resource::new(data.clone()));
+        let out = fx
+            .fetch_desc(image_sha(9, "big", &fx.server.url("/big"), &sha))
+            .await;
+        out.assert_ready(&fx.root(), &data);
+        assert_eq!(out.record.size, Some(data.len() as u64), "keep={keep}");
+        assert_eq!(support::sha256_file(out.path.as_path()), sha, "keep={keep}");
+    }
+}
