@@ -711,7 +711,7 @@ impl Core {
                     });
                 }
                 None => {
-                    let epoch = self.names.epoch();
+                    let epoch = self.names.epoch(job);
                     let rows = self.index.dir_rows(job, kind).await?;
                     self.names
                         .load(job, kind, names::DirNames::from_rows(rows), epoch);

@@ -50,12 +50,22 @@ pub(crate) struct Names {
     dirs: Mutex<Book>,
 }
 
+/// How many forget counters there are (jobs share them by id).
+const EPOCHS: usize = 32;
+
 /// What [`Names`] guards.
 #[derive(Debug, Default)]
 struct Book {
     dirs: HashMap<(JobId, ArtifactType), DirNames>,
-    /// Bumped by every `forget`: rows read before it may miss a reservation made since.
-    epoch: u64,
+    /// Bumped by every `forget` of a job whose id maps here: rows of that job read
+    /// before it may miss a reservation made since. Per slot, so that other jobs ending
+    /// rarely make a load start over; bounded, whatever the number of jobs.
+    epochs: [u64; EPOCHS],
+}
+
+/// The forget counter of `job`.
+fn slot(job: JobId) -> usize {
+    (job.0 % EPOCHS as u64) as usize
 }
 
 impl Names {
@@ -73,9 +83,9 @@ impl Names {
         self.lock().dirs.contains_key(&(job, kind))
     }
 
-    /// Taken before reading a directory's rows, handed to [`Self::load`].
-    pub(crate) fn epoch(&self) -> u64 {
-        self.lock().epoch
+    /// Taken before reading a job directory's rows, handed to [`Self::load`].
+    pub(crate) fn epoch(&self, job: JobId) -> u64 {
+        self.lock().epochs[slot(job)]
     }
 
     /// Adds the directory's names read from the index, unless another caller loaded them
@@ -87,7 +97,7 @@ impl Names {
         if book.dirs.contains_key(&(job, kind)) {
             return true;
         }
-        if book.epoch != epoch {
+        if book.epochs[slot(job)] != epoch {
             return false;
         }
         book.dirs.insert((job, kind), names);
@@ -98,7 +108,7 @@ impl Names {
     pub(crate) fn forget(&self, job: JobId) {
         let mut book = self.lock();
         book.dirs.retain(|&(j, _), _| j != job);
-        book.epoch += 1;
+        book.epochs[slot(job)] += 1;
     }
 
     /// The next id and a free path for `alias` in `dir` (the job's directory for `kind`),
@@ -161,7 +171,7 @@ mod tests {
         };
         assert!(reserve("a").is_none(), "not loaded");
         let rows = vec![("a".to_owned(), dir.path().join("a").display().to_string())];
-        let epoch = names.epoch();
+        let epoch = names.epoch(job);
         assert!(names.load(job, kind, DirNames::from_rows(rows), epoch));
         std::fs::write(dir.path().join("a~1"), b"someone else's").unwrap();
         assert_eq!(reserve("a").unwrap(), (42, dir.path().join("a~2")));
@@ -174,6 +184,10 @@ mod tests {
         assert!(!names.is_loaded(job, kind));
         // Rows read before the forget are refused.
         assert!(!names.load(job, kind, DirNames::default(), epoch));
-        assert!(names.load(job, kind, DirNames::default(), names.epoch()));
+        // Another job's end does not refuse them.
+        let other = JobId(2);
+        let epoch = names.epoch(job);
+        names.forget(other);
+        assert!(names.load(job, kind, DirNames::default(), epoch));
     }
 }
