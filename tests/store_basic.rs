@@ -726,15 +726,14 @@ async fn push_with_a_full_collector_returns_and_sends_pending_later() {
 /// with the index's error, and no file is left at the path.
 #[tokio::test]
 async fn a_failed_row_insert_fails_the_artifact() {
-    let fx = Fixture::new().await;
+    // Job 8 stays busy (a stalled transfer, no idle timeout within the test) until it is
+    // cancelled, so the store keeps its names for the job's directory loaded.
+    let fx = Fixture::with(fast_builder().idle_timeout(std::time::Duration::from_secs(600))).await;
+    fx.server
+        .script("/stall", [support::Step::stall_after(1000)]);
     let data = body(64 * 1024, 16);
-    // Keeps job 8 busy, so the store keeps its names for the job's directory loaded.
-    fx.server.serve(
-        "/slow",
-        Resource::new(data.clone()).trickle(4096, std::time::Duration::from_millis(20)),
-    );
     fx.server.serve("/f", Resource::new(data.clone()));
-    let (busy, mut busy_statuses) = fx.push(image(8, "busy", &fx.server.url("/slow"))).await;
+    let (busy, mut busy_statuses) = fx.push(image(8, "busy", &fx.server.url("/stall"))).await;
     // DOWNLOADING: its row is in (the other writer below must not take its id).
     busy_statuses
         .wait_for(&busy, ArtifactStatus::Downloading)
@@ -764,8 +763,10 @@ async fn a_failed_row_insert_fails_the_artifact() {
         "{reason}"
     );
     assert!(!planted.exists());
+    assert_eq!(fx.server.hits("/f"), 0, "nothing is downloaded for it");
+    fx.store.cancel_job(JobId(8)).await.expect("cancel");
     let busy_last = busy_statuses.terminal(&busy).await;
-    assert_eq!(busy_last.status, ArtifactStatus::Ready, "{busy_last:?}");
+    assert_eq!(busy_last.status, ArtifactStatus::Failed, "{busy_last:?}");
     assert_no_part_files(&fx.root());
 }
 
