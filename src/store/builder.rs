@@ -7,8 +7,7 @@ use super::{Store, StoreError};
 
 /// Default number of concurrent transfers.
 pub const DEFAULT_WORKERS: usize = 16;
-
-/// Default [`StoreBuilder::max_transfers`].
+/// Default most transfers queued or running ([`StoreBuilder::max_transfers`]).
 pub const DEFAULT_MAX_TRANSFERS: usize = 1024;
 /// Default number of attempts per transfer, the first included.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;

@@ -42,8 +42,8 @@ use tracing::{debug, info, instrument, warn};
 
 pub use builder::{
     DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_PROGRESS_INTERVAL, DEFAULT_RETRY_AFTER_CAP, DEFAULT_WORKERS,
-    StoreBuilder,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_TRANSFERS, DEFAULT_PROGRESS_INTERVAL,
+    DEFAULT_RETRY_AFTER_CAP, DEFAULT_WORKERS, StoreBuilder,
 };
 pub use cache::{ByteProgress, CacheStats};
 pub use error::StoreError;
@@ -199,6 +199,18 @@ struct Core {
     names: names::Names,
     /// One permit per transfer queued or running ([`StoreBuilder::max_transfers`]).
     room: Arc<tokio::sync::Semaphore>,
+}
+
+/// An artifact given its row and path by [`Core::record`].
+struct Recorded {
+    /// The job's directory for the artifact's type.
+    dir: PathBuf,
+    /// Its row id.
+    id: i64,
+    /// Its path.
+    path: String,
+    /// The row's insert, queued.
+    inserted: index::Pending<()>,
 }
 
 /// A job with transfers in flight.
@@ -396,18 +408,12 @@ impl Store {
             }
         };
         let guard = core.register(job);
-        let dir = core.type_dir(job, kind, true).await?;
-        let (id, path, inserted) = core
-            .reserve(job, kind, &alias, &dir, |id, path| NewArtifact {
-                id,
-                job,
-                kind,
-                alias: alias.clone(),
-                uri: uri.clone(),
-                path,
-                pushed: true,
-            })
-            .await?;
+        let Recorded {
+            dir,
+            id,
+            path,
+            inserted,
+        } = core.record(job, kind, &alias, &uri, true).await?;
         let path = ArtifactPath(path);
         debug!(id, %path, %uri, "queued");
         let pending = match collector.try_send(ArtifactStatusChange::new(
@@ -470,18 +476,9 @@ impl Store {
         } = description;
         // Held while the row is recorded, so the job's names stay loaded meanwhile.
         let _guard = core.register(job);
-        let dir = core.type_dir(job, kind, false).await?;
-        let (id, path, inserted) = core
-            .reserve(job, kind, &alias, &dir, |id, path| NewArtifact {
-                id,
-                job,
-                kind,
-                alias: alias.clone(),
-                uri,
-                path,
-                pushed: false,
-            })
-            .await?;
+        let Recorded {
+            id, path, inserted, ..
+        } = core.record(job, kind, &alias, &uri, false).await?;
         inserted.wait().await?;
         debug!(id, path, "created");
         Ok(ArtifactPath(path))
@@ -525,7 +522,6 @@ impl Store {
             .index
             .call("remove job", move |conn| cache::delete_job_rows(conn, job))
             .await?;
-        core.forget_dirs(job);
         let dir = core.layout.job_dir(job);
         let target = dir.clone();
         let removed_dir =
@@ -549,7 +545,8 @@ impl Store {
                 },
             )
             .await;
-        // Again: a push that checked the directory while it was being removed.
+        // Again (`cancel` did it first): a push that checked the directory, or loaded its
+        // names, while the job was being removed.
         core.forget_dirs(job);
         removed_dir?;
         info!(%job, artifacts = removed, "job removed");
@@ -681,29 +678,44 @@ impl Core {
         self.names.forget(job);
     }
 
-    /// Reserves the next id and a free path for `alias` in `dir` and queues the row's
-    /// insert (made by `row` from them); see [`names`]. Loads the directory's names from
-    /// the index first if needed.
-    async fn reserve(
-        &self,
+    /// Makes sure the job's directory for `kind` is there, reserves the next id and a free
+    /// path for `alias` in it (see [`names`]) and queues the row's insert; loads the
+    /// directory's names from the index first if needed. A pushed artifact's directory
+    /// is not checked again if this store knew it (placing its file remakes it); a
+    /// created one's is, since the job writes the file itself.
+    async fn record(
+        self: &Arc<Self>,
         job: JobId,
         kind: ArtifactType,
         alias: &str,
-        dir: &Path,
-        row: impl FnOnce(i64, String) -> NewArtifact,
-    ) -> Result<(i64, String, index::Pending<()>), StoreError> {
-        let mut row = Some(row);
+        uri: &str,
+        pushed: bool,
+    ) -> Result<Recorded, StoreError> {
+        let dir = self.type_dir(job, kind, pushed).await?;
         loop {
-            let reserved = self.names.reserve(job, kind, alias, dir, |id, path| {
-                let path = path.to_str().map(str::to_owned);
-                match (path, row.take()) {
-                    (Some(path), Some(row)) => Ok((path.clone(), self.index.insert(row(id, path)))),
-                    _ => Err(()),
-                }
+            let reserved = self.names.reserve(job, kind, alias, &dir, |id, path| {
+                let path = path.to_str()?.to_owned();
+                let inserted = self.index.insert(NewArtifact {
+                    id,
+                    job,
+                    kind,
+                    alias: alias.to_owned(),
+                    uri: uri.to_owned(),
+                    path: path.clone(),
+                    pushed,
+                });
+                Some((path, inserted))
             });
             match reserved {
-                Some((id, _, Ok((path, inserted)))) => return Ok((id, path, inserted)),
-                Some((_, path, Err(()))) => {
+                Some((id, _, Some((path, inserted)))) => {
+                    return Ok(Recorded {
+                        dir,
+                        id,
+                        path,
+                        inserted,
+                    });
+                }
+                Some((_, path, None)) => {
                     return Err(StoreError::Io {
                         op: "name artifact",
                         path,
