@@ -35,28 +35,23 @@ struct State {
     running: bool,
     /// The last failed fsync: the tickets it covered (`from..=to`) and its error.
     failed: Option<(u64, u64, std::io::ErrorKind, String)>,
-    /// Callers holding this entry (it leaves the map with the last one).
-    users: usize,
 }
 
 impl DirSyncs {
     /// Makes every name created in `dir` before this call durable. Blocking.
     pub(crate) fn sync(&self, dir: &Path) -> std::io::Result<()> {
-        let entry = {
-            let mut dirs = self.dirs.lock().unwrap_or_else(PoisonError::into_inner);
-            let entry = Arc::clone(dirs.entry(dir.to_owned()).or_default());
-            entry
-                .state
+        let entry = Arc::clone(
+            self.dirs
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .users += 1;
-            entry
-        };
+                .entry(dir.to_owned())
+                .or_default(),
+        );
         let result = entry.sync(dir);
         let mut dirs = self.dirs.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut state = entry.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.users -= 1;
-        if state.users == 0 {
+        // The map's reference and ours: no other caller has it (a new one would need
+        // the map's lock to get it), so it leaves the map with us.
+        if Arc::strong_count(&entry) == 2 {
             dirs.remove(dir);
         }
         result

@@ -549,8 +549,8 @@ enum Target {
     Memory(Vec<u8>),
 }
 
-/// What a blocking write hands back: the file, the hashes, the (emptied) buffer and the
-/// write's result.
+/// What a blocking write hands back: the file, the hashes, the writeback state, the
+/// (emptied) buffer and the write's result.
 type Written = (
     std::fs::File,
     Hashes,

@@ -447,7 +447,6 @@ impl FlightRun {
         token: &CancellationToken,
         slot: Slot,
     ) -> Result<Arc<Landed>, FetchError> {
-        let token = token.clone();
         let mut expected = Expected {
             sha256: self.key.sha256.clone(),
             checksum: None,
@@ -455,7 +454,7 @@ impl FlightRun {
         if let Some((source, checksum)) = &self.checksum {
             expected.checksum = Some(
                 core.fetcher
-                    .fetch_checksum(source, &checksum.uri, checksum.kind, &token)
+                    .fetch_checksum(source, &checksum.uri, checksum.kind, token)
                     .await?,
             );
         }
@@ -473,7 +472,7 @@ impl FlightRun {
                 &expected,
                 self.conditional.as_ref().map(|(v, _)| v),
                 Some(meter),
-                &token,
+                token,
             )
             .await?;
         // The network and the file are done with: the next transfer may start while this
