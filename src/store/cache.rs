@@ -382,24 +382,6 @@ pub(crate) fn check_blob(path: &Path, row: &BlobRow, rehash: bool) -> Result<Opt
     }
 }
 
-/// Makes the verified temporary file `temp` read-only and renames it onto the blob path
-/// (replacing a blob of the same digest, whose other names keep the old inode); returns
-/// the blob's mtime. Blocking.
-pub(crate) fn seal(temp: &Path, blob: &Path) -> Result<i64, FetchError> {
-    let io = |op, path: &Path| {
-        let path = path.to_owned();
-        move |source| FetchError::Io { op, path, source }
-    };
-    let mut perms = std::fs::metadata(temp)
-        .map_err(io("inspect", temp))?
-        .permissions();
-    perms.set_readonly(true);
-    std::fs::set_permissions(temp, perms).map_err(io("make read-only", temp))?;
-    std::fs::rename(temp, blob).map_err(io("move into the cache", blob))?;
-    let meta = std::fs::metadata(blob).map_err(io("inspect", blob))?;
-    Ok(mtime_ns(&meta))
-}
-
 /// Gives the job its file at `target`: a hard link to `blob`, or (when `copy` is set or
 /// linking is impossible) a copy made at `temp` and renamed into place. With `fsync`, the
 /// copy and the directory are synced so the new name survives a power loss (the

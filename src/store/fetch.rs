@@ -3,9 +3,10 @@
 //! and verifying the result.
 //!
 //! [`Fetcher::download`] is deliberately independent of the index and of the final path:
-//! it writes a *verified* temporary file and returns its size and SHA-256, or removes it
-//! and returns why not. The store renames the file into place; a content-addressed cache
-//! can rename it onto a blob named by its digest instead.
+//! it writes a temporary file, verifies it and hands it with its size and SHA-256 to the
+//! caller's `keep` (which gives it its blob name), or drops it and returns why not. The
+//! last write, the fsync, the check and `keep` run in one call on the blocking pool, so a
+//! small file costs one trip there (each trip wakes a thread twice).
 //!
 //! # Failure handling
 //!
@@ -39,6 +40,7 @@ use tracing::{debug, warn};
 use url::Url;
 
 use super::builder::Settings;
+use super::staging::{TempFile, TempSpec};
 use super::writeback::Writeback;
 use crate::model::ChecksumType;
 
@@ -377,6 +379,35 @@ pub(crate) struct Expected {
     pub(crate) checksum: Option<ChecksumDigest>,
 }
 
+impl Expected {
+    /// Checks the file's digests against what is expected.
+    fn check(&self, sha256: &str, md5: Option<String>) -> Result<(), FetchError> {
+        if let Some(want) = &self.sha256
+            && want != sha256
+        {
+            return Err(FetchError::Sha256Mismatch {
+                expected: want.clone(),
+                got: sha256.to_owned(),
+            });
+        }
+        if let Some(check) = &self.checksum {
+            let got = match check.kind {
+                ChecksumType::Sha256 => Some(sha256.to_owned()),
+                ChecksumType::Md5 => md5,
+            };
+            if got.as_deref() != Some(check.digest.as_str()) {
+                return Err(FetchError::ChecksumMismatch {
+                    kind: check.kind,
+                    uri: check.uri.clone(),
+                    expected: check.digest.clone(),
+                    got: got.unwrap_or_default(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A digest read from a checksum file.
 #[derive(Debug, Clone)]
 pub(crate) struct ChecksumDigest {
@@ -400,10 +431,10 @@ pub(crate) struct Fetched {
 }
 
 /// What [`Fetcher::download`] produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Downloaded {
-    /// A verified temporary file.
-    File(Fetched),
+#[derive(Debug)]
+pub(crate) enum Downloaded<T> {
+    /// A verified file, and what its `keep` made of it.
+    File(Fetched, T),
     /// The server answered `304 Not Modified` to the conditional request: the content
     /// the validators describe is still current. No file was written.
     NotModified,
@@ -543,21 +574,64 @@ impl Hashes {
 
 /// Where the bytes go.
 enum Target {
-    /// A temporary file (taken out while a blocking write runs).
-    File(Option<std::fs::File>),
+    /// A temporary file.
+    File(FileSlot),
     /// Memory (checksum files).
     Memory(Vec<u8>),
 }
 
-/// What a blocking write hands back: the file, the hashes, the writeback state, the
-/// (emptied) buffer and the write's result.
-type Written = (
-    std::fs::File,
-    Hashes,
-    Writeback,
-    Vec<u8>,
-    std::io::Result<()>,
-);
+/// A sink's temporary file: made by the first blocking write, so that a transfer that
+/// fails before any byte arrives never makes one, and a small file is made, written and
+/// synced in one trip to the blocking pool.
+enum FileSlot {
+    /// Not made yet.
+    Unmade(TempSpec),
+    /// Made.
+    Made(TempFile),
+    /// Lent to a blocking write in progress, or lost with an error.
+    Lent,
+}
+
+/// What a blocking write hands back: the file (or why it failed), the hashes, the
+/// writeback state and the (emptied) buffer.
+struct Written {
+    file: Result<TempFile, FetchError>,
+    hashes: Hashes,
+    writeback: Writeback,
+    buf: Vec<u8>,
+}
+
+/// On the blocking pool: makes the file if needed, hashes `buf` and writes it. On an
+/// error the file is dropped (a named one removed).
+fn write_chunk(
+    slot: FileSlot,
+    hashes: &mut Hashes,
+    writeback: &mut Writeback,
+    buf: &[u8],
+    path: &Path,
+) -> Result<TempFile, FetchError> {
+    let io = |op, source| FetchError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = match slot {
+        FileSlot::Made(file) => file,
+        FileSlot::Unmade(spec) => spec.create().map_err(|e| io("create temporary file", e))?,
+        FileSlot::Lent => {
+            return Err(io(
+                "write",
+                std::io::Error::other("file lost by an earlier error"),
+            ));
+        }
+    };
+    if !buf.is_empty() {
+        hashes.update(buf);
+        file.file_mut().write_all(buf).map_err(|e| io("write", e))?;
+        writeback.wrote(file.file(), buf.len());
+    }
+    Ok(file)
+}
 
 /// A byte sink that hashes what it keeps and can start over.
 ///
@@ -565,7 +639,7 @@ type Written = (
 /// written on the blocking pool while the next chunk collects (two buffers, so the
 /// network, the hashing and the disk overlap and memory stays at two chunks).
 struct Sink {
-    /// The file or buffer (the file is taken out while a blocking write runs).
+    /// The file or buffer.
     target: Target,
     /// Hashes of every byte written to `target` (taken out while a blocking write runs).
     hashes: Option<Hashes>,
@@ -588,9 +662,11 @@ struct Sink {
 }
 
 impl Sink {
-    fn file(file: std::fs::File, path: &Path, md5: bool, writeback: Writeback) -> Self {
+    /// A sink into the temporary file `spec` (made on the first write).
+    fn file(spec: TempSpec, md5: bool, writeback: Writeback) -> Self {
         Sink {
-            target: Target::File(Some(file)),
+            path: spec.path(),
+            target: Target::File(FileSlot::Unmade(spec)),
             writeback: Some(writeback),
             hashes: Some(Hashes::new(md5)),
             pending: Vec::new(),
@@ -598,7 +674,6 @@ impl Sink {
             inflight: None,
             len: 0,
             md5,
-            path: path.to_owned(),
             meter: None,
         }
     }
@@ -669,52 +744,53 @@ impl Sink {
         let Some(inflight) = self.inflight.take() else {
             return Ok(());
         };
-        let (file, hashes, writeback, buf, result) = inflight
+        let written = inflight
             .await
             .map_err(|e| self.io("write", std::io::Error::other(e.to_string())))?;
+        self.hashes = Some(written.hashes);
+        self.writeback = Some(written.writeback);
+        self.spare = written.buf;
+        let file = written.file?;
         if let Target::File(slot) = &mut self.target {
-            *slot = Some(file);
+            *slot = FileSlot::Made(file);
         }
-        self.hashes = Some(hashes);
-        self.writeback = Some(writeback);
-        self.spare = buf;
-        result.map_err(|e| self.io("write", e))
+        Ok(())
+    }
+
+    /// Takes what a blocking call needs: the file slot, the hashes and the writeback
+    /// state. Call after [`Self::settle`].
+    fn lend(&mut self) -> Result<(FileSlot, Hashes, Writeback), FetchError> {
+        let Target::File(slot) = &mut self.target else {
+            return Err(self.io("write", std::io::Error::other("not a file")));
+        };
+        let slot = std::mem::replace(slot, FileSlot::Lent);
+        let hashes = self
+            .hashes
+            .take()
+            .ok_or_else(|| self.io("hash", std::io::Error::other("hashes lost")))?;
+        Ok((slot, hashes, self.writeback.take().unwrap_or_default()))
     }
 
     /// Hands the pending bytes to a blocking write (hash, then write). Call after
     /// [`Self::settle`].
     fn start_write(&mut self) -> Result<(), FetchError> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() || !matches!(self.target, Target::File(_)) {
             return Ok(());
         }
-        let Target::File(slot) = &mut self.target else {
-            return Ok(());
-        };
-        let (Some(mut file), Some(mut hashes)) = (slot.take(), self.hashes.take()) else {
-            return Err(self.io(
-                "write",
-                std::io::Error::other("file lost by an earlier error"),
-            ));
-        };
-        let mut writeback = self.writeback.take().unwrap_or_default();
+        let (slot, mut hashes, mut writeback) = self.lend()?;
         let mut buf = std::mem::replace(&mut self.pending, std::mem::take(&mut self.spare));
+        let path = self.path.clone();
         self.inflight = Some(tokio::task::spawn_blocking(move || {
-            hashes.update(&buf);
-            let result = file.write_all(&buf);
-            if result.is_ok() {
-                writeback.wrote(&file, buf.len());
-            }
+            let file = write_chunk(slot, &mut hashes, &mut writeback, &buf, &path);
             buf.clear();
-            (file, hashes, writeback, buf, result)
+            Written {
+                file,
+                hashes,
+                writeback,
+                buf,
+            }
         }));
         Ok(())
-    }
-
-    /// Writes (and hashes) everything accepted so far.
-    async fn flush(&mut self) -> Result<(), FetchError> {
-        self.settle().await?;
-        self.start_write()?;
-        self.settle().await
     }
 
     /// Drops everything written so far: the file is truncated and the hashes restart.
@@ -729,31 +805,33 @@ impl Sink {
         if let Some(writeback) = &mut self.writeback {
             writeback.reset();
         }
+        let io = |source| FetchError::Io {
+            op: "truncate",
+            path: self.path.clone(),
+            source,
+        };
         match &mut self.target {
             Target::Memory(buf) => {
                 buf.clear();
                 Ok(())
             }
+            Target::File(FileSlot::Unmade(_)) => Ok(()),
+            Target::File(FileSlot::Lent) => {
+                Err(io(std::io::Error::other("file lost by an earlier error")))
+            }
             Target::File(slot) => {
-                let path = self.path.clone();
-                let io = move |source| FetchError::Io {
-                    op: "truncate",
-                    path,
-                    source,
-                };
-                let Some(mut file) = slot.take() else {
-                    return Err(io(std::io::Error::other("file lost by an earlier error")));
+                let FileSlot::Made(mut file) = std::mem::replace(slot, FileSlot::Lent) else {
+                    return Ok(());
                 };
                 let joined = tokio::task::spawn_blocking(move || {
-                    let result = file
-                        .set_len(0)
-                        .and_then(|()| std::io::Seek::rewind(&mut file));
+                    let f = file.file_mut();
+                    let result = f.set_len(0).and_then(|()| std::io::Seek::rewind(f));
                     (file, result)
                 })
                 .await;
                 match joined {
                     Ok((file, result)) => {
-                        *slot = Some(file);
+                        *slot = FileSlot::Made(file);
                         result.map_err(io)
                     }
                     Err(e) => Err(io(std::io::Error::other(e.to_string()))),
@@ -762,17 +840,8 @@ impl Sink {
         }
     }
 
-    /// Writes what is pending, fsyncs the file if asked, closes it and returns the
-    /// digests: (sha256, md5) and, for memory, the bytes.
-    async fn finish(
-        mut self,
-        fsync: bool,
-    ) -> Result<(String, Option<String>, Vec<u8>), FetchError> {
-        self.flush().await?;
-        let len = self.len;
-        if let Some(meter) = &mut self.meter {
-            meter.publish(len, true);
-        }
+    /// The digests (sha256, md5) and the bytes of a memory sink.
+    fn finish_memory(mut self) -> Result<(String, Option<String>, Vec<u8>), FetchError> {
         let hashes = self
             .hashes
             .take()
@@ -780,27 +849,41 @@ impl Sink {
         let (sha256, md5) = hashes.finish();
         match std::mem::replace(&mut self.target, Target::Memory(Vec::new())) {
             Target::Memory(buf) => Ok((sha256, md5, buf)),
-            Target::File(file) => {
-                if let (true, Some(file)) = (fsync, file) {
-                    let path = self.path.clone();
-                    let mut writeback = self.writeback.take().unwrap_or_default();
-                    tokio::task::spawn_blocking(move || {
-                        file.sync_all()?;
-                        writeback.synced(&file);
-                        Ok(())
-                    })
-                    .await
-                    .map_err(|e| std::io::Error::other(e.to_string()))
-                    .and_then(|r| r)
-                    .map_err(|source| FetchError::Io {
-                        op: "fsync",
-                        path,
-                        source,
-                    })?;
-                }
-                Ok((sha256, md5, Vec::new()))
-            }
+            Target::File(_) => Err(self.io("read", std::io::Error::other("not in memory"))),
         }
+    }
+
+    /// Finishes a file sink in one blocking call: makes the file if no byte came yet,
+    /// writes (and hashes) what is pending, fsyncs the file if asked, and hands it with its
+    /// digests (sha256, md5) to `then`, whose result this returns.
+    async fn finish_file<T, F>(mut self, fsync: bool, then: F) -> Result<T, FetchError>
+    where
+        T: Send + 'static,
+        F: FnOnce(TempFile, String, Option<String>) -> Result<T, FetchError> + Send + 'static,
+    {
+        self.settle().await?;
+        let len = self.len;
+        if let Some(meter) = &mut self.meter {
+            meter.publish(len, true);
+        }
+        let (slot, mut hashes, mut writeback) = self.lend()?;
+        let buf = std::mem::take(&mut self.pending);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let file = write_chunk(slot, &mut hashes, &mut writeback, &buf, &path)?;
+            if fsync {
+                file.file().sync_all().map_err(|source| FetchError::Io {
+                    op: "fsync",
+                    path,
+                    source,
+                })?;
+                writeback.synced(file.file());
+            }
+            let (sha256, md5) = hashes.finish();
+            then(file, sha256, md5)
+        })
+        .await
+        .map_err(|e| self.io("write", std::io::Error::other(e.to_string())))?
     }
 }
 
@@ -860,106 +943,66 @@ impl Fetcher {
         })
     }
 
-    /// Downloads `source` into the new file `temp` (which must not exist), verifying it
-    /// against `expected`; returns its size, SHA-256 and validators. The file is complete,
-    /// verified and (if configured) fsynced when this returns `Ok(Downloaded::File)`; on
-    /// `Err` or `NotModified` it has been removed.
+    /// Downloads `source` into the temporary file `temp`, verifies it against `expected`
+    /// and hands it to `keep` (with its size, SHA-256 and validators) on the blocking
+    /// pool, in the same call that writes its last bytes and fsyncs it (if configured):
+    /// `keep` names it (see [`TempFile::seal`]) or drops it. On `Err` or `NotModified`
+    /// the file is gone (a named one removed).
     ///
     /// With `conditional`, the first request asks `If-None-Match` / `If-Modified-Since`
     /// and a `304` answer is [`Downloaded::NotModified`]. `meter` receives byte progress.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn download(
+    pub(crate) async fn download<T, F>(
         &self,
         source: &Source,
         uri: &str,
-        temp: &Path,
+        temp: TempSpec,
         expected: &Expected,
         conditional: Option<&Validators>,
         meter: Option<Meter>,
         cancel: &CancellationToken,
-    ) -> Result<Downloaded, FetchError> {
-        let result = self
-            .download_inner(source, uri, temp, expected, conditional, meter, cancel)
-            .await;
-        if !matches!(result, Ok(Downloaded::File(_))) {
-            remove_quietly(temp).await;
-        }
-        result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn download_inner(
-        &self,
-        source: &Source,
-        uri: &str,
-        temp: &Path,
-        expected: &Expected,
-        conditional: Option<&Validators>,
-        meter: Option<Meter>,
-        cancel: &CancellationToken,
-    ) -> Result<Downloaded, FetchError> {
-        let path = temp.to_owned();
-        let file = tokio::task::spawn_blocking(move || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-        })
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))
-        .and_then(|r| r)
-        .map_err(|source| FetchError::Io {
-            op: "create temporary file",
-            path: temp.to_owned(),
-            source,
-        })?;
+        keep: F,
+    ) -> Result<Downloaded<T>, FetchError>
+    where
+        T: Send + 'static,
+        F: FnOnce(TempFile, &Fetched) -> Result<T, FetchError> + Send + 'static,
+    {
         let md5 = expected
             .checksum
             .as_ref()
             .is_some_and(|c| c.kind == ChecksumType::Md5);
         let mut sink = Sink::file(
-            file,
             temp,
             md5,
             Writeback::new(self.fsync, self.drop_written_pages),
         );
         sink.meter = meter;
-        let validators = match self
+        let filled = self
             .fill(source, uri, &mut sink, self.max_size, conditional, cancel)
-            .await?
-        {
-            Answer::NotModified => return Ok(Downloaded::NotModified),
-            Answer::Body(validators) => validators,
+            .await;
+        let validators = match filled {
+            Ok(Answer::NotModified) => return Ok(Downloaded::NotModified),
+            Ok(Answer::Body(validators)) => validators,
+            Err(e) => {
+                // A write still running holds the file: let it end, so the file is gone
+                // when this returns.
+                let _ = sink.settle().await;
+                return Err(e);
+            }
         };
         let size = sink.len();
-        let (sha256, md5, _) = sink.finish(self.fsync).await?;
-        if let Some(want) = &expected.sha256
-            && *want != sha256
-        {
-            return Err(FetchError::Sha256Mismatch {
-                expected: want.clone(),
-                got: sha256,
-            });
-        }
-        if let Some(check) = &expected.checksum {
-            let got = match check.kind {
-                ChecksumType::Sha256 => Some(sha256.clone()),
-                ChecksumType::Md5 => md5,
+        let expected = expected.clone();
+        sink.finish_file(self.fsync, move |file, sha256, md5| {
+            expected.check(&sha256, md5)?;
+            let fetched = Fetched {
+                size,
+                sha256,
+                validators,
             };
-            if got.as_deref() != Some(check.digest.as_str()) {
-                return Err(FetchError::ChecksumMismatch {
-                    kind: check.kind,
-                    uri: check.uri.clone(),
-                    expected: check.digest.clone(),
-                    got: got.unwrap_or_default(),
-                });
-            }
-        }
-        Ok(Downloaded::File(Fetched {
-            size,
-            sha256,
-            validators,
-        }))
+            let kept = keep(file, &fetched)?;
+            Ok(Downloaded::File(fetched, kept))
+        })
+        .await
     }
 
     /// Fetches a checksum file (into memory, at most [`MAX_CHECKSUM_FILE`] bytes, with the
@@ -989,7 +1032,7 @@ impl Fetcher {
         )
         .await
         .map_err(wrap)?;
-        let (_, _, body) = sink.finish(false).await.map_err(wrap)?;
+        let (_, _, body) = sink.finish_memory().map_err(wrap)?;
         let digest = parse_checksum(&body, kind).ok_or_else(|| FetchError::NoDigest {
             uri: uri.to_owned(),
             kind,

@@ -25,6 +25,7 @@ mod index;
 mod names;
 mod paths;
 mod pool;
+mod staging;
 mod transfer;
 mod writeback;
 

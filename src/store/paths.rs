@@ -6,7 +6,8 @@
 //! <root>/jobs/<job>/<type>/<name>           an artifact; <type> is ArtifactType::as_str()
 //! <root>/jobs/<job>/<type>/.<alias>.<id>.part   a copy being made (row id <id>)
 //! <root>/cache/blobs/<sha256>               a verified, read-only blob
-//! <root>/cache/tmp/<flight>.part            a transfer in progress
+//! <root>/cache/tmp/<flight>.part            a transfer in progress (on Linux an unnamed
+//!                                           O_TMPFILE there instead, see `staging`)
 //! ```
 //!
 //! `<name>` is the alias, or `<alias>~<n>` when an earlier artifact of the same job and type
@@ -17,6 +18,7 @@
 use std::path::{Path, PathBuf};
 
 use super::StoreError;
+use super::staging::{self, TempSpec};
 use crate::model::{ArtifactType, JobId};
 
 /// Longest alias accepted, in bytes (a file-name component on common file systems).
@@ -106,6 +108,8 @@ pub(crate) struct Layout {
     /// The canonical root (symbolic links resolved), so that containment checks compare
     /// like with like.
     root: PathBuf,
+    /// Whether transfers write unnamed temporary files (probed in `cache/tmp` at open).
+    unnamed_temps: bool,
 }
 
 impl Layout {
@@ -130,7 +134,10 @@ impl Layout {
             path: jobs.clone(),
             source,
         })?;
-        let layout = Layout { root: canonical };
+        let mut layout = Layout {
+            root: canonical,
+            unnamed_temps: false,
+        };
         for dir in [layout.blobs_dir(), layout.cache_tmp_dir()] {
             std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
                 op: "create directory",
@@ -138,6 +145,7 @@ impl Layout {
                 source,
             })?;
         }
+        layout.unnamed_temps = staging::probe_unnamed(&layout.cache_tmp_dir());
         Ok(layout)
     }
 
@@ -150,6 +158,11 @@ impl Layout {
     /// system as the blobs so a finished one is renamed into place.
     pub(crate) fn cache_tmp_dir(&self) -> PathBuf {
         self.root.join(CACHE_DIR).join("tmp")
+    }
+
+    /// The temporary file `name` of a transfer in `cache/tmp` (unnamed where possible).
+    pub(crate) fn temp(&self, name: String) -> TempSpec {
+        TempSpec::new(self.cache_tmp_dir(), name, self.unnamed_temps)
     }
 
     /// The blob of content `sha256` (lower-case hex, checked by the caller).

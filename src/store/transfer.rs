@@ -458,27 +458,39 @@ impl FlightRun {
                     .await?,
             );
         }
-        let temp = core
-            .layout
-            .cache_tmp_dir()
-            .join(format!("{}.part", self.flight.id));
+        let temp = core.layout.temp(format!("{}.part", self.flight.id));
         let meter = Meter::new(self.flight.bytes.clone(), core.settings.progress_interval);
+        // Sealed in the blocking call that writes the file's last bytes: pinned first, so
+        // no eviction pass can take the blob before its row is written.
+        let (pins, layout, seal_token) = (
+            Arc::clone(&core.cache.pins),
+            core.layout.clone(),
+            token.clone(),
+        );
         let downloaded = core
             .fetcher
             .download(
                 &self.source,
                 &self.key.uri,
-                &temp,
+                temp,
                 &expected,
                 self.conditional.as_ref().map(|(v, _)| v),
                 Some(meter),
                 token,
+                move |file, fetched| {
+                    if seal_token.is_cancelled() {
+                        return Err(FetchError::Cancelled);
+                    }
+                    let pin = pins.pin(&fetched.sha256);
+                    let mtime_ns = file.seal(&layout.blob_path(&fetched.sha256))?;
+                    Ok((pin, mtime_ns))
+                },
             )
             .await?;
         // The network and the file are done with: the next transfer may start while this
-        // one is moved into the cache and recorded.
+        // one is recorded.
         drop(slot);
-        let fetched = match downloaded {
+        let (fetched, (pin, mtime_ns)) = match downloaded {
             Downloaded::NotModified => {
                 let Some((_, landed)) = self.conditional.take() else {
                     return Err(FetchError::Shared(
@@ -488,32 +500,9 @@ impl FlightRun {
                 debug!(sha256 = %landed.sha256, "not modified; cached blob is current");
                 return Ok(landed);
             }
-            Downloaded::File(fetched) => fetched,
+            Downloaded::File(fetched, sealed) => (fetched, sealed),
         };
-        if token.is_cancelled() {
-            fetch::remove_quietly(&temp).await;
-            return Err(FetchError::Cancelled);
-        }
-        let pin = core.cache.pins.pin(&fetched.sha256);
         let blob = core.layout.blob_path(&fetched.sha256);
-        let sealed = {
-            let (from, to) = (temp.clone(), blob.clone());
-            tokio::task::spawn_blocking(move || cache::seal(&from, &to))
-                .await
-                .map_err(|e| FetchError::Io {
-                    op: "move into the cache",
-                    path: temp.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })
-                .and_then(|r| r)
-        };
-        let mtime_ns = match sealed {
-            Ok(mtime) => mtime,
-            Err(e) => {
-                fetch::remove_quietly(&temp).await;
-                return Err(e);
-            }
-        };
         let row = BlobRow {
             sha256: fetched.sha256.clone(),
             size: fetched.size,
