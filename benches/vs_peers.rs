@@ -28,7 +28,8 @@
 //! `BENCH_TOOLS` (`project,curl,aria2c,wget`), `BENCH_SETTLE_MS` (2000), `BENCH_DIR`
 //! (`/tmp/ac-bench`), `BENCH_WORKERS` (the store's default), `BENCH_NO_NGINX=1` (use the
 //! in-process server even if nginx is installed), `BENCH_TIMEOUT_S` (120: a run that
-//! takes longer is stopped and counted as failed).
+//! takes longer is stopped and counted as failed), `BENCH_FSYNC=0` (the project without
+//! fsync, to see what durability costs; the header says so; never for the targets).
 //!
 //! Run: `cargo bench --bench vs_peers` (quick: `BENCH_ROUNDS=1 BENCH_SETS=small,big`).
 
@@ -390,6 +391,7 @@ fn child_main() {
     let secs = rt.block_on(async {
         let store = Store::builder()
             .workers(workers)
+            .fsync(std::env::var("BENCH_FSYNC").map_or(true, |v| v != "0"))
             .open(&root)
             .await
             .expect("open store");
@@ -785,9 +787,14 @@ fn print_table(rows: &[Row], rounds: usize, server: &str, workers: usize) {
     println!();
     println!(
         "server: {server}; project: Store + Downloader, {workers} workers, sha256 given and \
-         verified, SQLite index, fsync of file and directory; curl, wget: no verification, no fsync, \
+         verified, SQLite index, {}; curl, wget: no verification, no fsync, \
          no index; aria2c: fsyncs each file (and its .aria2 control file, which it deletes), no \
-         verification, no directory fsync, no index."
+         verification, no directory fsync, no index.",
+        if std::env::var("BENCH_FSYNC").is_ok_and(|v| v == "0") {
+            "**fsync OFF (BENCH_FSYNC=0)**"
+        } else {
+            "fsync of file and directory"
+        }
     );
     println!(
         "ratio = tool median s / project median s: **above 1.00 the project is faster**, below 1.00 the tool is."

@@ -63,6 +63,10 @@ fn crash_child() {
     });
 }
 
+/// Where the slow downloads of the crash test stall: past the store's first write to its
+/// temporary file (it writes in 1 MiB chunks).
+const STALL_AFTER: usize = 3 << 19;
+
 /// The sizes of the temporary files of the store at `root` that process `pid` is
 /// writing: named `.part` files, and unnamed ones it holds open in `cache/tmp` (Linux).
 fn temp_file_sizes(pid: u32, root: &std::path::Path) -> Vec<u64> {
@@ -90,15 +94,16 @@ async fn killed_mid_download_reopens_consistent() {
     let server = TestServer::start().await;
     let small = body(20_000, 1);
     server.serve("/small", Resource::new(small.clone()));
-    // Both slow files send 256 KiB, then nothing until the child is gone. Both stall, so
-    // that whichever the single worker takes first, the other is still queued at the kill
-    // (the FIFO order itself is tested in store_cancel.rs).
+    // Both slow files send 1.5 MiB (more than the store buffers before its first write),
+    // then nothing until the child is gone. Both stall, so that whichever the single
+    // worker takes first, the other is still queued at the kill (the FIFO order itself is
+    // tested in store_cancel.rs).
     for (path, seed) in [("/slow", 2), ("/queued", 3)] {
         server.serve(
             path,
             Resource::new(body(4 << 20, seed)).trickle(8192, Duration::from_millis(1)),
         );
-        server.script(path, [Step::stall_after(256 * 1024)]);
+        server.script(path, [Step::stall_after(STALL_AFTER)]);
     }
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -146,8 +151,8 @@ async fn killed_mid_download_reopens_consistent() {
     .expect("child reported its pushes");
     tokio::time::timeout(WAIT, async {
         tokio::select! {
-            () = server.wait_bytes_sent("/slow", 256 * 1024) => {}
-            () = server.wait_bytes_sent("/queued", 256 * 1024) => {}
+            () = server.wait_bytes_sent("/slow", STALL_AFTER as u64) => {}
+            () = server.wait_bytes_sent("/queued", STALL_AFTER as u64) => {}
         }
     })
     .await

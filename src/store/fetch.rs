@@ -45,7 +45,10 @@ use super::writeback::Writeback;
 use crate::model::ChecksumType;
 
 /// Bytes buffered before a write to the file (and the hashing of them) off the runtime.
-const WRITE_CHUNK: usize = 256 * 1024;
+/// 1 MiB rather than 256 KiB: a quarter of the trips to the blocking pool, and in
+/// alternating runs the 1 GiB download took 1.65-1.84 s against 1.84-2.46 s (big set
+/// 1.29-1.35 s against 1.42-1.51 s). A running transfer holds two such buffers.
+const WRITE_CHUNK: usize = 1024 * 1024;
 
 /// Largest checksum file the engine reads.
 pub(crate) const MAX_CHECKSUM_FILE: u64 = 64 * 1024;

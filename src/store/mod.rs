@@ -107,7 +107,7 @@ pub const REASON_CLOSED: &str = "store closed";
 ///   in `cache/tmp`, hashed on the fly, fsynced (unless switched off), atomically renamed
 ///   onto their blob, and linked (atomically) at the job's path, whose directory is then
 ///   fsynced. A `FAILED` artifact leaves neither a file nor a temporary file.
-/// - Memory per transfer is constant (two 256 KiB buffers: one collecting from the
+/// - Memory per transfer is constant (two 1 MiB buffers: one collecting from the
 ///   network while the other is hashed and written), whatever the file's size.
 /// - Aliases are plain file names and nothing is written outside the root.
 /// - SQLite never runs on the async runtime's worker threads.
