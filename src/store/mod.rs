@@ -4,11 +4,13 @@
 //! # Layout
 //!
 //! - `mod.rs` (this file): the [`Store`] handle, the [`ArtifactManager`] implementation,
-//!   per-job cancellation and the life of one transfer (queue, status changes, rename).
+//!   per-job cancellation and the life of one transfer (queue, status changes, placing).
 //! - `builder`: [`StoreBuilder`] and the defaults.
 //! - `index`: the SQLite index on its own thread; [`ArtifactRecord`], [`ArtifactFilter`],
 //!   [`Page`], [`ArtifactPage`]; crash recovery at open.
 //! - `paths`: the directory layout, alias validation, temporary file names.
+//! - `staging`: a transfer's temporary file (unnamed `O_TMPFILE` where possible) and how
+//!   it is sealed onto its blob.
 //! - `fetch`: the transfer engine (streaming, hashing, retries, resume, verification,
 //!   conditional requests, byte meters).
 //! - `cache`: the content-addressed cache (blobs, pins, single-flight table, eviction).
@@ -88,7 +90,8 @@ pub const REASON_CLOSED: &str = "store closed";
 /// <root>/jobs/<job>/<type>/<alias>~1       a second artifact with the same alias
 /// <root>/jobs/<job>/<type>/.<alias>.<id>.part   a copy being made (copy mode)
 /// <root>/cache/blobs/<sha256>              the shared cache: verified, read-only blobs
-/// <root>/cache/tmp/<n>.part                a transfer in progress
+/// <root>/cache/tmp/<n>.part                a transfer in progress (on Linux an unnamed
+///                                          O_TMPFILE in cache/tmp instead: nothing to see)
 /// ```
 ///
 /// # The shared cache
@@ -104,9 +107,11 @@ pub const REASON_CLOSED: &str = "store closed";
 ///
 /// - A path reported `READY` holds the complete file, verified against the description's
 ///   `sha256` and checksum file when it has them: files are streamed to a temporary file
-///   in `cache/tmp`, hashed on the fly, fsynced (unless switched off), atomically renamed
-///   onto their blob, and linked (atomically) at the job's path, whose directory is then
-///   fsynced. A `FAILED` artifact leaves neither a file nor a temporary file.
+///   in `cache/tmp` (unnamed where the file system allows), hashed on the fly, fsynced
+///   (unless switched off), atomically named as their blob (linked, or renamed), and
+///   linked (atomically) at the job's path, whose directory is then fsynced. A `FAILED`
+///   artifact leaves neither a file nor a temporary file; an unnamed temporary file
+///   vanishes even when the process is killed.
 /// - Memory per transfer is constant (two 1 MiB buffers: one collecting from the
 ///   network while the other is hashed and written), whatever the file's size.
 /// - Aliases are plain file names and nothing is written outside the root.
