@@ -104,6 +104,8 @@ pub(crate) struct Settings {
     pub(crate) copy_job_files: bool,
     /// Least time between two progress events of one transfer.
     pub(crate) progress_interval: Duration,
+    /// Named temporary files even where unnamed ones work (for tests of that path).
+    pub(crate) named_temps: bool,
 }
 
 /// Default [`StoreBuilder::progress_interval`].
@@ -129,6 +131,7 @@ impl Default for Settings {
             verify_cache_hits: false,
             copy_job_files: false,
             progress_interval: DEFAULT_PROGRESS_INTERVAL,
+            named_temps: false,
         }
     }
 }

@@ -263,10 +263,14 @@ impl Store {
     /// Opens the store with `settings`.
     pub(crate) async fn open_with(root: &Path, settings: Settings) -> Result<Store, StoreError> {
         let verify = settings.verify_on_open;
+        let named_temps = settings.named_temps;
         let owned = root.to_owned();
         let (layout, index, recovery) = blocking(root, "open store", move || {
             let root = owned;
-            let layout = Layout::create(&root)?;
+            let mut layout = Layout::create(&root)?;
+            if named_temps {
+                layout.use_named_temps();
+            }
             let (index, recovery) = Index::open(&layout, verify)?;
             Ok((layout, index, recovery))
         })

@@ -160,6 +160,11 @@ impl Layout {
         self.root.join(CACHE_DIR).join("tmp")
     }
 
+    /// Makes transfers use named temporary files even where unnamed ones work.
+    pub(crate) fn use_named_temps(&mut self) {
+        self.unnamed_temps = false;
+    }
+
     /// The temporary file `name` of a transfer in `cache/tmp` (unnamed where possible).
     pub(crate) fn temp(&self, name: String) -> TempSpec {
         TempSpec::new(self.cache_tmp_dir(), name, self.unnamed_temps)

@@ -38,8 +38,8 @@ impl TempSpec {
 
     /// Makes the (empty) file. Blocking.
     pub(crate) fn create(&self) -> io::Result<TempFile> {
+        #[cfg(target_os = "linux")]
         if self.unnamed {
-            #[cfg(target_os = "linux")]
             return Ok(TempFile {
                 file: unnamed::create(&self.dir)?,
                 path: self.path(),
@@ -95,11 +95,14 @@ impl TempFile {
         self.file
             .set_permissions(perms)
             .map_err(io("make read-only", &self.path))?;
-        if self.named {
+        let named = self.named;
+        if named {
             std::fs::rename(&self.path, blob).map_err(io("move into the cache", blob))?;
+            // The name is the blob's now: nothing for `drop` to remove.
             self.named = false;
-        } else {
-            #[cfg(target_os = "linux")]
+        }
+        #[cfg(target_os = "linux")]
+        if !named {
             unnamed::link_replacing(&self.file, blob, &self.path)
                 .map_err(io("move into the cache", blob))?;
         }

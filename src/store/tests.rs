@@ -342,6 +342,66 @@ async fn resumes_with_range() {
     assert_eq!(record.sha256.unwrap(), sha256_hex(&body));
 }
 
+/// Where unnamed temporary files cannot be made, the named `cache/tmp/<n>.part` works
+/// the same: a broken transfer resumes into it, a verified one is renamed onto its blob
+/// and linked at the job's path, a mismatched one is removed.
+#[tokio::test]
+async fn named_temporary_files_work_too() {
+    let body = data(300_000);
+    let mut first = Reply::ok(&body)
+        .header("Accept-Ranges", "bytes")
+        .header("ETag", "\"v1\"");
+    first.cut = Some(123_456);
+    let rest = Reply {
+        status: "206 Partial Content",
+        body: body[123_456..].to_vec(),
+        ..Reply::default()
+    }
+    .header("Content-Range", "bytes 123456-299999/300000")
+    .header("ETag", "\"v1\"");
+    let server = Server::start(vec![first, rest, Reply::ok(&body)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Store::builder()
+        .backoff_base(Duration::from_millis(1))
+        .max_attempts(3)
+        .settings;
+    settings.named_temps = true;
+    let store = Store::open_with(dir.path(), settings).await.unwrap();
+
+    let (tx, mut rx) = mpsc::channel(16);
+    let path = store
+        .push_artifact(image(1, "a", &server.url("f")), tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        until_terminal(&mut rx).await.pop().unwrap().status,
+        ArtifactStatus::Ready
+    );
+    let second = server.requests()[1].to_ascii_lowercase();
+    assert!(second.contains("range: bytes=123456-"), "{second}");
+    assert_eq!(std::fs::read(path.as_path()).unwrap(), body);
+    let blob = dir
+        .path()
+        .join("cache")
+        .join("blobs")
+        .join(sha256_hex(&body));
+    assert_eq!(std::fs::read(&blob).unwrap(), body);
+
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut d = image(2, "b", &server.url("g"));
+    d.sha256 = Some("0".repeat(64));
+    let bad = store.push_artifact(d, tx).await.unwrap();
+    let last = until_terminal(&mut rx).await.pop().unwrap();
+    assert_eq!(last.status, ArtifactStatus::Failed);
+    assert!(last.reason.unwrap().contains("sha256 mismatch"));
+    assert!(!bad.as_path().exists());
+    assert!(
+        temp_files(dir.path()).is_empty(),
+        "{:?}",
+        temp_files(dir.path())
+    );
+}
+
 /// A 206 that starts elsewhere restarts from zero.
 #[tokio::test]
 async fn bad_content_range_restarts() {
