@@ -439,8 +439,8 @@ impl FlightRun {
         Box::pin(self.fetch_and_seal(&core, &token, slot)).await
     }
 
-    /// With the worker `slot`: fetches the checksum file if any, downloads and verifies,
-    /// gives the worker back, and moves the result into the cache.
+    /// With the worker `slot`: fetches the checksum file if any, downloads, verifies and
+    /// seals the result as its blob, gives the worker back, and records the blob.
     async fn fetch_and_seal(
         &mut self,
         core: &Arc<Core>,
