@@ -4,9 +4,11 @@
 //! On Linux, where the file system allows it (probed once when the store opens), the file
 //! is *unnamed* (`O_TMPFILE` in `cache/tmp`) and gets its blob name with `linkat` once it
 //! is verified. No directory is locked while it is made, no cross-directory rename is
-//! needed to seal it, and a crash, a failed transfer or a dropped one leaves nothing
-//! behind. Elsewhere it is the named file `cache/tmp/<flight>.part`, renamed onto the blob
-//! and removed when dropped unsealed (the store's open removes any a crash left).
+//! needed to seal it, and a killed process, a failed transfer or a dropped one leaves
+//! nothing behind (after a power loss the file system reclaims the inode: ext4 through its
+//! journal's orphan list, or `fsck` on a file system without a journal). Elsewhere it is
+//! the named file `cache/tmp/<flight>.part`, renamed onto the blob and removed when
+//! dropped unsealed (the store's open removes any a crash left).
 
 use std::fs::File;
 use std::io;
