@@ -305,11 +305,10 @@ async fn truncated_body_never_becomes_ready() {
     assert!(temp_files(dir.path()).is_empty());
 }
 
-/// A broken transfer resumes with Range + If-Range and the digest covers the whole file.
-#[tokio::test]
-async fn resumes_with_range() {
-    let body = data(300_000);
-    let mut first = Reply::ok(&body)
+/// The replies of a resumable transfer of the 300,000-byte `body`: the first breaks after
+/// 123,456 bytes (with `Accept-Ranges` and an ETag), the second is the `206` of the rest.
+fn broken_then_resumed(body: &[u8]) -> [Reply; 2] {
+    let mut first = Reply::ok(body)
         .header("Accept-Ranges", "bytes")
         .header("ETag", "\"v1\"");
     first.cut = Some(123_456);
@@ -320,6 +319,14 @@ async fn resumes_with_range() {
     }
     .header("Content-Range", "bytes 123456-299999/300000")
     .header("ETag", "\"v1\"");
+    [first, rest]
+}
+
+/// A broken transfer resumes with Range + If-Range and the digest covers the whole file.
+#[tokio::test]
+async fn resumes_with_range() {
+    let body = data(300_000);
+    let [first, rest] = broken_then_resumed(&body);
     let server = Server::start(vec![first, rest]).await;
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path()).await;
@@ -348,17 +355,7 @@ async fn resumes_with_range() {
 #[tokio::test]
 async fn named_temporary_files_work_too() {
     let body = data(300_000);
-    let mut first = Reply::ok(&body)
-        .header("Accept-Ranges", "bytes")
-        .header("ETag", "\"v1\"");
-    first.cut = Some(123_456);
-    let rest = Reply {
-        status: "206 Partial Content",
-        body: body[123_456..].to_vec(),
-        ..Reply::default()
-    }
-    .header("Content-Range", "bytes 123456-299999/300000")
-    .header("ETag", "\"v1\"");
+    let [first, rest] = broken_then_resumed(&body);
     let server = Server::start(vec![first, rest, Reply::ok(&body)]).await;
     let dir = tempfile::tempdir().unwrap();
     let mut settings = Store::builder()
