@@ -570,6 +570,18 @@ async fn file_scheme_missing_file_fails() {
     out.assert_failed(&fx.root(), |r| !r.is_empty());
 }
 
+/// A `file://` source whose bytes do not match its size (here a `/proc` file: size 0,
+/// content non-empty, as a file written to while it is copied) is FAILED, not READY with
+/// whatever was read.
+#[tokio::test]
+async fn file_scheme_changing_file_fails() {
+    let fx = Fixture::new().await;
+    let out = fx
+        .fetch_desc(image(1, "Image_0", "file:///proc/self/status"))
+        .await;
+    out.assert_failed(&fx.root(), |r| r.contains("changed while it was copied"));
+}
+
 /// With `allow_file_scheme(false)`, a `file://` URI is refused at push time, naming the
 /// scheme, and nothing is recorded.
 #[tokio::test]

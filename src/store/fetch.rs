@@ -1079,12 +1079,12 @@ impl Fetcher {
         conditional: Option<&Validators>,
         cancel: &CancellationToken,
     ) -> Result<Answer, FetchError> {
-        let mut validator: Option<String> = None;
+        let mut resume: Option<ResumeFrom> = None;
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
             let (error, retry_after, immediate) = match self
-                .attempt(url, uri, sink, limit, &mut validator, conditional, cancel)
+                .attempt(url, uri, sink, limit, &mut resume, conditional, cancel)
                 .await
             {
                 Ok(answer) => return Ok(answer),
@@ -1125,7 +1125,7 @@ impl Fetcher {
         }
     }
 
-    /// One HTTP request: resumes the partial file when `validator` allows it, and asks
+    /// One HTTP request: resumes the partial file when `from` allows it, and asks
     /// whether `conditional` still describes the content when starting from zero.
     #[allow(clippy::too_many_arguments)]
     async fn attempt(
@@ -1134,20 +1134,20 @@ impl Fetcher {
         uri: &str,
         sink: &mut Sink,
         limit: Option<u64>,
-        validator: &mut Option<String>,
+        from: &mut Option<ResumeFrom>,
         conditional: Option<&Validators>,
         cancel: &CancellationToken,
     ) -> Result<Answer, AttemptError> {
         let offset = sink.len();
-        let resume = offset > 0 && validator.is_some();
+        let resume = offset > 0 && from.is_some();
         if offset > 0 && !resume {
             sink.reset().await?;
         }
         let mut request = self.client.get(url.clone());
-        if let (true, Some(v)) = (resume, validator.as_deref()) {
+        if let (true, Some(f)) = (resume, from.as_ref()) {
             request = request
                 .header(header::RANGE, format!("bytes={offset}-"))
-                .header(header::IF_RANGE, v);
+                .header(header::IF_RANGE, &f.validator.value);
         } else if let Some(c) = conditional {
             if let Some(etag) = &c.etag {
                 request = request.header(header::IF_NONE_MATCH, etag);
@@ -1176,42 +1176,57 @@ impl Fetcher {
         let headers = response.headers();
         let next_validator = resume_validator(headers);
         let validators = Validators::of(headers);
+        let content_length = response.content_length();
+        // The bytes the whole file will have once this body is written.
+        let expected_total;
         if status == StatusCode::NOT_MODIFIED && !resume && conditional.is_some() {
             debug!(uri, "not modified");
             return Ok(Answer::NotModified);
         }
         if status == StatusCode::PARTIAL_CONTENT {
             let wanted = if resume { offset } else { 0 };
-            if !range_continues(headers, wanted) {
-                let detail = format!(
-                    "asked for bytes from {wanted}, got Content-Range {:?}",
-                    headers
-                        .get(header::CONTENT_RANGE)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                );
-                warn!(uri, detail, "restarting from zero");
-                sink.reset().await?;
-                *validator = None;
-                return Err(AttemptError::Retry {
-                    error: FetchError::BadRange {
-                        uri: uri.to_owned(),
-                        detail,
-                    },
-                    retry_after: None,
-                    immediate: true,
+            let continued = partial_continues(
+                headers,
+                wanted,
+                content_length,
+                from.as_ref().filter(|_| resume),
+            );
+            let (end, len) = match continued {
+                Ok(range) => range,
+                Err(detail) => {
+                    warn!(uri, detail, "restarting from zero");
+                    sink.reset().await?;
+                    *from = None;
+                    return Err(AttemptError::Retry {
+                        error: FetchError::BadRange {
+                            uri: uri.to_owned(),
+                            detail,
+                        },
+                        retry_after: None,
+                        immediate: true,
+                    });
+                }
+            };
+            expected_total = Some(end);
+            if !resume {
+                *from = next_validator.map(|validator| ResumeFrom {
+                    validator,
+                    total: len,
                 });
             }
-            *validator = next_validator.or(validator.take());
         } else if status.is_success() {
             if sink.len() > 0 {
                 debug!(uri, "server sent the whole file; restarting from zero");
                 sink.reset().await?;
             }
-            *validator = next_validator;
+            expected_total = content_length;
+            *from = next_validator.map(|validator| ResumeFrom {
+                validator,
+                total: content_length,
+            });
         } else if status == StatusCode::RANGE_NOT_SATISFIABLE && resume {
             sink.reset().await?;
-            *validator = None;
+            *from = None;
             return Err(AttemptError::Retry {
                 error: FetchError::BadRange {
                     uri: uri.to_owned(),
@@ -1239,7 +1254,6 @@ impl Fetcher {
             return Err(AttemptError::Fatal(error));
         }
 
-        let expected_total = response.content_length().map(|n| sink.len() + n);
         sink.set_total(expected_total);
         if let (Some(limit), Some(total)) = (limit, expected_total)
             && total > limit
@@ -1285,7 +1299,7 @@ impl Fetcher {
                 }
                 Ok(Some(Ok(chunk))) => {
                     if let Some(limit) = limit
-                        && sink.len() + chunk.len() as u64 > limit
+                        && sink.len().saturating_add(chunk.len() as u64) > limit
                     {
                         return Err(FetchError::TooLarge {
                             uri: uri.to_owned(),
@@ -1350,10 +1364,27 @@ impl Fetcher {
                 n = file.read(&mut buf) => n.map_err(|e| io("read", e))?,
             };
             if n == 0 {
+                // A file written to while it was read gave a mixture of two versions.
+                let now = file.metadata().await.map_err(|e| io("inspect", e))?;
+                if sink.len() != meta.len()
+                    || now.len() != meta.len()
+                    || now.modified().ok() != meta.modified().ok()
+                {
+                    return Err(io(
+                        "read",
+                        std::io::Error::other(format!(
+                            "the file changed while it was copied ({} bytes when opened, \
+                             {} read, {} now)",
+                            meta.len(),
+                            sink.len(),
+                            now.len()
+                        )),
+                    ));
+                }
                 return Ok(());
             }
             if let Some(limit) = limit
-                && sink.len() + n as u64 > limit
+                && sink.len().saturating_add(n as u64) > limit
             {
                 return Err(FetchError::TooLarge {
                     uri: uri.to_owned(),
@@ -1425,7 +1456,7 @@ pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration
 
 /// The `If-Range` value to resume with, when the response allows resuming: it has
 /// `Accept-Ranges: bytes` and a strong ETag (preferred) or a Last-Modified date.
-fn resume_validator(headers: &HeaderMap) -> Option<String> {
+fn resume_validator(headers: &HeaderMap) -> Option<ResumeValidator> {
     let ranges = headers
         .get_all(header::ACCEPT_RANGES)
         .iter()
@@ -1443,9 +1474,52 @@ fn resume_validator(headers: &HeaderMap) -> Option<String> {
             .filter(|v| !v.is_empty())
     };
     match text(header::ETAG) {
-        Some(etag) if !etag.starts_with("W/") => Some(etag.to_owned()),
-        _ => text(header::LAST_MODIFIED).map(str::to_owned),
+        Some(etag) if !etag.starts_with("W/") => Some(ResumeValidator {
+            value: etag.to_owned(),
+            etag: true,
+        }),
+        _ => text(header::LAST_MODIFIED).map(|date| ResumeValidator {
+            value: date.to_owned(),
+            etag: false,
+        }),
     }
+}
+
+/// The validator a partial file is resumed with (sent as `If-Range`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ResumeValidator {
+    /// The header's value.
+    value: String,
+    /// Whether it is the strong `ETag` (else the `Last-Modified` date).
+    etag: bool,
+}
+
+impl ResumeValidator {
+    /// Whether a response does not say it carries other content: it has the same header
+    /// with the same value, or not that header at all.
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        let name = if self.etag {
+            header::ETAG
+        } else {
+            header::LAST_MODIFIED
+        };
+        match headers.get(name).map(|v| v.to_str().map(str::trim)) {
+            None => true,
+            Some(Ok(value)) => value == self.value,
+            Some(Err(_)) => false,
+        }
+    }
+}
+
+/// What a partial file may be resumed from: the content's validator and the complete
+/// length the server gave for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ResumeFrom {
+    /// Sent as `If-Range`; a `206` carrying another one is another version of the file.
+    validator: ResumeValidator,
+    /// The complete length, when the server said; a `206` for another length is another
+    /// version of the file.
+    total: Option<u64>,
 }
 
 /// A `Content-Range: bytes <start>-<end>/<len>` header: `(start, end, len)`, `len` being
@@ -1464,13 +1538,70 @@ fn content_range(headers: &HeaderMap) -> Option<(u64, u64, Option<u64>)> {
     (start <= end).then_some((start, end, len))
 }
 
-/// Whether a 206 answer continues a file of `offset` bytes through to its end: its range
-/// starts at `offset` and, when the length is given, ends at the last byte.
-fn range_continues(headers: &HeaderMap, offset: u64) -> bool {
-    match content_range(headers) {
-        Some((start, end, len)) => start == offset && len.is_none_or(|len| end + 1 == len),
-        None => false,
+/// Whether a 206 answer continues a file of `offset` bytes through to its end, and is the
+/// same version of the file as `from` (when resuming): its range starts at `offset`, ends
+/// at the last byte when the complete length is given, agrees with `Content-Length`, and
+/// neither the complete length nor the validator differs from `from`'s. `Ok((end, len))`:
+/// the size of the file once the body is written, and the complete length if given;
+/// `Err`: why not, for the log and the error.
+fn partial_continues(
+    headers: &HeaderMap,
+    offset: u64,
+    content_length: Option<u64>,
+    from: Option<&ResumeFrom>,
+) -> Result<(u64, Option<u64>), String> {
+    let raw = || {
+        headers
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let Some((start, last, len)) = content_range(headers) else {
+        return Err(format!(
+            "asked for bytes from {offset}, got Content-Range {:?}",
+            raw()
+        ));
+    };
+    // `last` is the last byte's offset: the file ends after it.
+    let Some(end) = last
+        .checked_add(1)
+        .filter(|&end| start == offset && len.is_none_or(|len| len == end))
+    else {
+        return Err(format!(
+            "asked for bytes from {offset} to the end, got Content-Range {:?}",
+            raw()
+        ));
+    };
+    if let Some(n) = content_length
+        && start.checked_add(n) != Some(end)
+    {
+        return Err(format!(
+            "Content-Length {n} does not match Content-Range {:?}",
+            raw()
+        ));
     }
+    if let Some(from) = from {
+        if let (Some(was), Some(len)) = (from.total, len)
+            && was != len
+        {
+            return Err(format!(
+                "the file changed: {was} bytes when the transfer started, {len} now"
+            ));
+        }
+        if !from.validator.matches(headers) {
+            let name = if from.validator.etag {
+                "ETag"
+            } else {
+                "Last-Modified"
+            };
+            return Err(format!(
+                "the file changed: {name} {:?} when the transfer started, another now",
+                from.validator.value
+            ));
+        }
+    }
+    Ok((end, len))
 }
 
 /// The first whitespace-separated token of `body` that is `kind.hex_len()` hex digits,
@@ -1617,7 +1748,8 @@ mod tests {
         h.insert(header::ETAG, "\"abc\"".parse().unwrap());
         assert_eq!(resume_validator(&h), None);
         h.insert(header::ACCEPT_RANGES, "bytes".parse().unwrap());
-        assert_eq!(resume_validator(&h).as_deref(), Some("\"abc\""));
+        let value = |h: &HeaderMap| resume_validator(h).map(|v| (v.value, v.etag));
+        assert_eq!(value(&h), Some(("\"abc\"".to_owned(), true)));
         h.insert(header::ETAG, "W/\"abc\"".parse().unwrap());
         assert_eq!(resume_validator(&h), None);
         h.insert(
@@ -1625,8 +1757,8 @@ mod tests {
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
         );
         assert_eq!(
-            resume_validator(&h).as_deref(),
-            Some("Wed, 21 Oct 2015 07:28:00 GMT")
+            value(&h),
+            Some(("Wed, 21 Oct 2015 07:28:00 GMT".to_owned(), false))
         );
         h.insert(header::ACCEPT_RANGES, "none".parse().unwrap());
         assert_eq!(resume_validator(&h), None);
@@ -1635,22 +1767,73 @@ mod tests {
     /// Content-Range parses; only a range from the offset to the end continues a file.
     #[test]
     fn content_range_parses() {
+        let continues = |h: &HeaderMap, offset| partial_continues(h, offset, None, None).is_ok();
         let mut h = HeaderMap::new();
         assert_eq!(content_range(&h), None);
-        assert!(!range_continues(&h, 0));
+        assert!(!continues(&h, 0));
         h.insert(header::CONTENT_RANGE, "bytes 100-199/200".parse().unwrap());
         assert_eq!(content_range(&h), Some((100, 199, Some(200))));
-        assert!(range_continues(&h, 100));
-        assert!(!range_continues(&h, 0));
+        assert_eq!(partial_continues(&h, 100, None, None), Ok((200, Some(200))));
+        assert!(!continues(&h, 0));
         h.insert(header::CONTENT_RANGE, "bytes 0-9/*".parse().unwrap());
         assert_eq!(content_range(&h), Some((0, 9, None)));
-        assert!(range_continues(&h, 0));
+        assert_eq!(partial_continues(&h, 0, None, None), Ok((10, None)));
         h.insert(header::CONTENT_RANGE, "bytes 100-149/200".parse().unwrap());
-        assert!(!range_continues(&h, 100), "stops short of the end");
+        assert!(!continues(&h, 100), "stops short of the end");
+        let max = u64::MAX;
+        h.insert(
+            header::CONTENT_RANGE,
+            format!("bytes 0-{max}/{max}").parse().unwrap(),
+        );
+        assert!(!continues(&h, 0), "no file ends after byte u64::MAX");
         for bad in ["bytes */200", "bytes 9-1/20", "items 0-1/2", "bytes 0-1"] {
             h.insert(header::CONTENT_RANGE, bad.parse().unwrap());
             assert_eq!(content_range(&h), None, "{bad}");
         }
+    }
+
+    /// A 206 continues the file only if it is the same version: the same complete length,
+    /// the same validator (or none), and a Content-Length that agrees with its range.
+    #[test]
+    fn partial_answers_must_be_the_same_version() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_RANGE, "bytes 100-199/200".parse().unwrap());
+        let etag = |value: &str, total| ResumeFrom {
+            validator: ResumeValidator {
+                value: value.to_owned(),
+                etag: true,
+            },
+            total,
+        };
+        let v1 = etag("\"v1\"", Some(200));
+        assert!(partial_continues(&h, 100, Some(100), Some(&v1)).is_ok());
+        let err = partial_continues(&h, 100, Some(99), Some(&v1)).unwrap_err();
+        assert!(err.contains("Content-Length 99"), "{err}");
+        let longer = etag("\"v1\"", Some(300));
+        let err = partial_continues(&h, 100, None, Some(&longer)).unwrap_err();
+        assert!(
+            err.contains("300 bytes when the transfer started, 200 now"),
+            "{err}"
+        );
+        h.insert(header::ETAG, "\"v1\"".parse().unwrap());
+        assert!(partial_continues(&h, 100, None, Some(&v1)).is_ok());
+        h.insert(header::ETAG, "\"v2\"".parse().unwrap());
+        let err = partial_continues(&h, 100, None, Some(&v1)).unwrap_err();
+        assert!(err.contains("ETag \"\\\"v1\\\"\""), "{err}");
+        // A Last-Modified validator is compared with Last-Modified, not with the ETag.
+        let dated = ResumeFrom {
+            validator: ResumeValidator {
+                value: "Wed, 21 Oct 2015 07:28:00 GMT".to_owned(),
+                etag: false,
+            },
+            total: None,
+        };
+        assert!(partial_continues(&h, 100, None, Some(&dated)).is_ok());
+        h.insert(
+            header::LAST_MODIFIED,
+            "Thu, 22 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert!(partial_continues(&h, 100, None, Some(&dated)).is_err());
     }
 
     /// Only http, https and (when allowed) local file URIs are sources.

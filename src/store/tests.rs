@@ -970,3 +970,168 @@ async fn downloader_end_to_end() {
     assert_eq!(page.total, 5);
     assert!(temp_files(dir.path()).is_empty());
 }
+/// A resumed 206 of another version of the file (a server or proxy that ignores
+/// `If-Range` after the file was replaced by a shorter one: another ETag, another length)
+/// is not appended to the old bytes: the transfer starts again from zero and gets the new
+/// version whole.
+#[tokio::test]
+async fn resume_restarts_when_the_file_changed() {
+    let old = data(300_000);
+    let new: Vec<u8> = data(200_000).iter().map(|b| b ^ 0x5a).collect();
+    let mut first = Reply::ok(&old)
+        .header("Accept-Ranges", "bytes")
+        .header("ETag", "\"v1\"");
+    first.cut = Some(123_456);
+    let rest = Reply {
+        status: "206 Partial Content",
+        body: new[123_456..].to_vec(),
+        ..Reply::default()
+    }
+    .header("Content-Range", "bytes 123456-199999/200000")
+    .header("ETag", "\"v2\"");
+    let server = Server::start(vec![first, rest, Reply::ok(&new).header("ETag", "\"v2\"")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let path = store
+        .push_artifact(image(1, "a", &server.url("f")), tx)
+        .await
+        .unwrap();
+    let last = until_terminal(&mut rx).await.pop().unwrap();
+    assert_eq!(last.status, ArtifactStatus::Ready, "{last:?}");
+    let got = std::fs::read(path.as_path()).unwrap();
+    assert!(
+        got == new,
+        "READY file of {} bytes is not the new version",
+        got.len()
+    );
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    assert!(
+        requests[1].to_ascii_lowercase().contains("if-range"),
+        "{requests:?}"
+    );
+    assert!(
+        !requests[2].to_ascii_lowercase().contains("range"),
+        "{requests:?}"
+    );
+}
+
+/// A resumed 206 of the same version with a validator but a complete length that differs
+/// from the first answer's is not appended either.
+#[tokio::test]
+async fn resume_restarts_when_the_length_changed() {
+    let old = data(300_000);
+    let mut first = Reply::ok(&old)
+        .header("Accept-Ranges", "bytes")
+        .header("ETag", "\"v1\"");
+    first.cut = Some(100_000);
+    // No ETag on the 206 (allowed), but the file is now 250,000 bytes long.
+    let rest = Reply {
+        status: "206 Partial Content",
+        body: old[100_000..250_000].to_vec(),
+        ..Reply::default()
+    }
+    .header("Content-Range", "bytes 100000-249999/250000");
+    let server = Server::start(vec![first, rest, Reply::ok(&old).header("ETag", "\"v1\"")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let path = store
+        .push_artifact(image(1, "a", &server.url("f")), tx)
+        .await
+        .unwrap();
+    let last = until_terminal(&mut rx).await.pop().unwrap();
+    assert_eq!(last.status, ArtifactStatus::Ready, "{last:?}");
+    assert!(std::fs::read(path.as_path()).unwrap() == old);
+    assert_eq!(server.requests().len(), 3);
+}
+
+/// A push without a sha256 but with a checksum file, answered `304 Not Modified` for a
+/// cached blob, still compares the blob with the checksum file: a mismatch is FAILED.
+#[tokio::test]
+async fn not_modified_still_checks_the_checksum_file() {
+    let body = data(10_000);
+    let server = Server::start(vec![
+        Reply::ok(&body).header("ETag", "\"e1\""),
+        Reply::status("304 Not Modified").header("ETag", "\"e1\""),
+    ])
+    .await;
+    let bad_sums = Server::start(vec![Reply::ok(
+        b"00000000000000000000000000000000  boot.img\n",
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+
+    // Job 1: no checksum; fills the cache and records the ETag.
+    let (tx, mut rx) = mpsc::channel(16);
+    store
+        .push_artifact(image(1, "img", &server.url("boot.img")), tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        until_terminal(&mut rx).await.pop().unwrap().status,
+        ArtifactStatus::Ready
+    );
+
+    // Job 2: same URI, with an md5 checksum file that does not match.
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut d = image(2, "img", &server.url("boot.img"));
+    d.checksum = Some(ChecksumSource {
+        uri: bad_sums.url("boot.img.md5"),
+        kind: ChecksumType::Md5,
+    });
+    let path = store.push_artifact(d, tx).await.unwrap();
+    let last = until_terminal(&mut rx).await.pop().unwrap();
+    let reqs = server.requests();
+    assert!(
+        reqs[1].to_ascii_lowercase().contains("if-none-match"),
+        "{reqs:?}"
+    );
+    assert_eq!(
+        last.status,
+        ArtifactStatus::Failed,
+        "md5 mismatch with the checksum file, yet READY at {path}"
+    );
+    let reason = last.reason.unwrap_or_default();
+    assert!(reason.contains("boot.img.md5"), "{reason}");
+}
+
+/// A Content-Range whose end is the largest number (no file ends after it) is a bad range,
+/// not an overflow: the artifact fails after its retries instead of hanging.
+#[tokio::test]
+async fn absurd_content_range_fails_the_artifact() {
+    let evil = Reply {
+        status: "206 Partial Content",
+        body: b"x".to_vec(),
+        ..Reply::default()
+    }
+    .header(
+        "Content-Range",
+        "bytes 0-18446744073709551615/18446744073709551615",
+    );
+    let server = Server::start(vec![evil.clone(), evil.clone(), evil]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let (tx, mut rx) = mpsc::channel(16);
+    store
+        .push_artifact(image(1, "a", &server.url("f")), tx)
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match rx.recv().await {
+                Some(c) if c.status.is_terminal() => return Some(c),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+    })
+    .await;
+    let last = outcome.expect("no terminal status within 5 s: the transfer hangs");
+    let last = last.expect("collector closed");
+    assert_eq!(last.status, ArtifactStatus::Failed);
+    let reason = last.reason.unwrap_or_default();
+    assert!(reason.contains("Content-Range"), "{reason}");
+}

@@ -18,7 +18,9 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, info, instrument, warn};
 
 use super::cache::{self, BlobRow, FlightKey, FlightState, Landed, Ticket};
-use super::fetch::{self, ByteCount, Downloaded, Expected, FetchError, Fetched, Meter, Source};
+use super::fetch::{
+    self, ByteCount, ChecksumDigest, Downloaded, Expected, FetchError, Fetched, Meter, Source,
+};
 use super::index::{Pending, StatusUpdate};
 use super::pool::Slot;
 use super::{Core, JobGuard, REASON_CLOSED, paths};
@@ -203,6 +205,7 @@ impl Transfer {
                 conditional,
                 slot: queued,
                 _tracked: core.tasks.token(),
+                finished: false,
             };
             tokio::spawn(run.run());
         } else {
@@ -359,7 +362,13 @@ async fn check_blob_against(
         .fetcher
         .fetch_checksum(source, &checksum.uri, checksum.kind, cancel)
         .await?;
-    let got = match checksum.kind {
+    check_blob_digest(landed, &want).await
+}
+
+/// Checks a cached blob against a checksum file's digest (hashing it again for MD5; its
+/// SHA-256 is known).
+async fn check_blob_digest(landed: &Landed, want: &ChecksumDigest) -> Result<(), FetchError> {
+    let got = match want.kind {
         ChecksumType::Sha256 => landed.sha256.clone(),
         ChecksumType::Md5 => {
             let path = landed.path.clone();
@@ -376,9 +385,9 @@ async fn check_blob_against(
     };
     if got != want.digest {
         return Err(FetchError::ChecksumMismatch {
-            kind: checksum.kind,
-            uri: want.uri,
-            expected: want.digest,
+            kind: want.kind,
+            uri: want.uri.clone(),
+            expected: want.digest.clone(),
             got,
         });
     }
@@ -404,6 +413,20 @@ pub(super) struct FlightRun {
     slot: oneshot::Receiver<Slot>,
     /// Counts in the store's tracker, so `close` waits for the clean-up.
     _tracked: TaskTrackerToken,
+    /// Whether the waiters were told how it ended; if not when it is dropped (its task
+    /// panicked, or the runtime dropped it), `drop` tells them it failed.
+    finished: bool,
+}
+
+impl Drop for FlightRun {
+    fn drop(&mut self) {
+        if !self.finished {
+            warn!(uri = %self.key.uri, "transfer task ended without an answer");
+            self.finish(Err(Arc::from(
+                "the transfer task ended without an answer (it panicked or was dropped)",
+            )));
+        }
+    }
 }
 
 impl FlightRun {
@@ -421,7 +444,14 @@ impl FlightRun {
             Ok(_) => self.core.evict().await,
             Err(reason) => debug!(%reason, "transfer ended without a blob"),
         }
-        self.core.cache.finish(&self.key, &self.flight, result);
+        self.finish(result);
+    }
+
+    /// Tells the waiters how the transfer ended (once).
+    fn finish(&mut self, result: Result<Arc<Landed>, Arc<str>>) {
+        if !std::mem::replace(&mut self.finished, true) {
+            self.core.cache.finish(&self.key, &self.flight, result);
+        }
     }
 
     async fn execute(&mut self) -> Result<Arc<Landed>, FetchError> {
@@ -497,6 +527,11 @@ impl FlightRun {
                         "the server answered 304 to an unconditional request".into(),
                     ));
                 };
+                // The cached blob is what the server has, but this push's checksum
+                // file has not vouched for it yet.
+                if let Some(want) = &expected.checksum {
+                    check_blob_digest(&landed, want).await?;
+                }
                 debug!(sha256 = %landed.sha256, "not modified; cached blob is current");
                 return Ok(landed);
             }
