@@ -457,3 +457,67 @@ async fn thousand_jobs_of_ten_artifacts_at_once() {
 async fn thousand_jobs_reporting_before_push_returns() {
     many_jobs_at_once(Report::Eager(ArtifactStatus::Ready), 1000, 10).await;
 }
+
+/// A controller whose status call panics for job 1's first READY (as a mock does on an
+/// unexpected call), and otherwise behaves.
+struct PanickyController;
+
+#[artifact_coordinator::async_trait]
+impl artifact_coordinator::JobsController for PanickyController {
+    async fn set_status_and_info(
+        &self,
+        job: JobId,
+        _: artifact_coordinator::JobStatus,
+        info: String,
+    ) -> Result<(), artifact_coordinator::BoxError> {
+        if job == JobId(1) && info.starts_with("1 /") {
+            panic!("controller bug");
+        }
+        Ok(())
+    }
+    async fn get_config(
+        &self,
+        _: JobId,
+    ) -> Result<artifact_coordinator::Config, artifact_coordinator::BoxError> {
+        Ok(pushes_config(1))
+    }
+    async fn set_config(
+        &self,
+        _: JobId,
+        _: artifact_coordinator::Config,
+    ) -> Result<(), artifact_coordinator::BoxError> {
+        Ok(())
+    }
+}
+
+/// A panic in a status call that the actor polls in place fails that job only, as a panic
+/// in a planning or worker task does: the other job still gets its OK, nothing is left,
+/// and `shutdown` reports the panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_in_a_status_call_fails_only_that_job() {
+    let manager = FakeManager::new(Report::Never);
+    let (downloader, mut notifications) =
+        Downloader::new(Arc::new(PanickyController), manager.clone());
+    downloader.download(JobId(1)).await.unwrap();
+    downloader.download(JobId(2)).await.unwrap();
+    manager.report_all(JobId(1), ArtifactStatus::Ready).await;
+    manager.report_all(JobId(2), ArtifactStatus::Ready).await;
+    let mut got = vec![
+        next_notification(&mut notifications).await,
+        next_notification(&mut notifications).await,
+    ];
+    got.sort_by_key(|n| n.job);
+    assert_eq!(got[0].job, JobId(1));
+    assert!(!got[0].ok, "{got:?}");
+    assert_eq!(
+        got[0].msg,
+        "internal error: status call panicked: controller bug"
+    );
+    assert_eq!(got[1], ok(JobId(2)));
+    eventually_empty(&downloader).await;
+    assert_no_notification(&mut notifications);
+    match downloader.shutdown().await {
+        Err(DownloadError::Panicked { message }) => assert_eq!(message, "controller bug"),
+        other => panic!("shutdown should report the panic, got {other:?}"),
+    }
+}

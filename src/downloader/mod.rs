@@ -1001,7 +1001,10 @@ impl Actor {
                     &self.event_tx,
                 );
                 match called {
-                    Err(msg) => self.answer(job, Outcome::Fail(msg)),
+                    Err(failed) => {
+                        let msg = self.call_failed(failed);
+                        self.answer(job, Outcome::Fail(msg));
+                    }
                     Ok(()) if complete => self.finish(job, Outcome::Ok),
                     Ok(()) => {}
                 }
@@ -1024,7 +1027,10 @@ impl Actor {
                     &self.event_tx,
                 );
                 match called {
-                    Err(msg) => self.answer(job, Outcome::Fail(msg)),
+                    Err(failed) => {
+                        let msg = self.call_failed(failed);
+                        self.answer(job, Outcome::Fail(msg));
+                    }
                     Ok(()) => self.finish(job, Outcome::Fail(msg)),
                 }
             }
@@ -1174,6 +1180,19 @@ impl Actor {
         }
     }
 
+    /// The FAIL message of a status call that failed at once; a panic is also recorded
+    /// for `shutdown`, as a task's panic is.
+    fn call_failed(&mut self, failed: CallFailed) -> String {
+        match failed {
+            CallFailed::Error(msg) => msg,
+            CallFailed::Panic(message) => {
+                let msg = format!("internal error: status call panicked: {message}");
+                self.record_panic(message);
+                msg
+            }
+        }
+    }
+
     fn record_panic(&mut self, message: String) {
         warn!(%message, "downloader task panicked");
         self.panic.get_or_insert(message);
@@ -1217,11 +1236,20 @@ fn status_failed(err: &BoxError) -> String {
     format!("failed to set job status: {err}")
 }
 
+/// Why a status call made in place failed at once.
+enum CallFailed {
+    /// It returned this error (the FAIL message).
+    Error(String),
+    /// The controller panicked (the panic's message): the actor must not die of it.
+    Panic(String),
+}
+
 /// Makes one status call for the job, in order with its earlier calls: through the job's
 /// worker when it has one; otherwise polled once in place (a controller that answers at
 /// once costs no task), and moved to a new worker when it does not finish at once, with
-/// every later call of the job after it. `Err` is the FAIL message of a call that failed
-/// at once; the caller answers the job with it.
+/// every later call of the job after it. `Err` is a call that failed at once (an error,
+/// or a panic of the controller, caught here as a task's panic is by the runtime); the
+/// caller answers the job with it.
 fn call_status(
     jobs: &Arc<dyn JobsController>,
     job: JobId,
@@ -1230,15 +1258,21 @@ fn call_status(
     tasks: &mut JoinSet<()>,
     task_owner: &mut HashMap<tokio::task::Id, (JobId, u64, TaskKind)>,
     events: &mpsc::UnboundedSender<Event>,
-) -> Result<(), String> {
+) -> Result<(), CallFailed> {
     if let Some(worker) = &info.worker {
         let _ = worker.tx.send(WorkerCmd::Status(text));
         return Ok(());
     }
-    let mut call = StatusCall::new(jobs, job, text);
-    match call.poll_once() {
+    // Nothing the closure touches outlives a panic in it but `jobs`, which it only reads.
+    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut call = StatusCall::new(jobs, job, text);
+        let poll = call.poll_once();
+        (call, poll)
+    }));
+    let (call, poll) = polled.map_err(|payload| CallFailed::Panic(panic_message(payload)))?;
+    match poll {
         Poll::Ready(Ok(())) => Ok(()),
-        Poll::Ready(Err(err)) => Err(status_failed(&err)),
+        Poll::Ready(Err(err)) => Err(CallFailed::Error(status_failed(&err))),
         Poll::Pending => {
             let run = info.run;
             let (tx, rx) = mpsc::unbounded_channel();
