@@ -521,3 +521,117 @@ async fn panic_in_a_status_call_fails_only_that_job() {
         other => panic!("shutdown should report the panic, got {other:?}"),
     }
 }
+
+/// Job 9 is kept planning (its `get_config` waits on the returned gate), so that late
+/// changes are parked; job 1 (two artifacts) is answered FAIL; then its second path gets
+/// a late DOWNLOADING (which retires the path) and a late FAILED, which is parked.
+async fn stale_change_parked(
+    controller: FakeController,
+) -> (
+    Downloader,
+    mpsc::UnboundedReceiver<Notification>,
+    Arc<FakeManager>,
+    Arc<Semaphore>,
+    tokio::task::JoinHandle<Result<(), DownloadError>>,
+) {
+    let gate = Arc::new(Semaphore::new(0));
+    let controller = Arc::new(controller.gate_config(JobId(9), gate.clone()));
+    let manager = FakeManager::new(Report::Never);
+    let (downloader, mut notifications) = Downloader::new(controller, manager.clone());
+    let d = downloader.clone();
+    let job9 = tokio::spawn(async move { d.download(JobId(9)).await });
+    wait_stats(&downloader, "job 9 planning", |s| s.planning == 1).await;
+
+    downloader.download(JobId(1)).await.unwrap();
+    let paths = manager.paths(JobId(1));
+    let collector = manager.collector();
+    collector
+        .send(ArtifactStatusChange::failed(paths[0].clone(), "boom"))
+        .await
+        .unwrap();
+    assert!(!next_notification(&mut notifications).await.ok);
+    collector
+        .send(ArtifactStatusChange::new(
+            paths[1].clone(),
+            ArtifactStatus::Downloading,
+        ))
+        .await
+        .unwrap();
+    collector
+        .send(ArtifactStatusChange::failed(paths[1].clone(), "stale"))
+        .await
+        .unwrap();
+    let s = wait_stats(&downloader, "the late change", |s| s.status_changes == 3).await;
+    assert_eq!(
+        (s.jobs, s.orphans),
+        (1, 1),
+        "only job 9 is in flight: {s:?}"
+    );
+    (downloader, notifications, manager, gate, job9)
+}
+
+/// Fix (stale orphans): a late FAILED of an answered run, parked because another job was
+/// planning, is not applied to the job's next run even when that run gets the same path
+/// (a manager may hand out the same path again): the new run completes with its own READYs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_change_is_not_applied_to_the_next_run() {
+    let (controller, _calls) = FakeController::new(pushes_config(2));
+    let (downloader, mut notifications, manager, gate, job9) =
+        stale_change_parked(controller).await;
+    downloader.download(JobId(1)).await.unwrap();
+    assert_no_notification(&mut notifications);
+    let s = stats(&downloader).await;
+    assert_eq!((s.jobs, s.paths, s.orphans), (2, 2, 0), "{s:?}");
+    // The run's pushes came second: the last two paths are the new run's.
+    let paths = manager.paths(JobId(1));
+    assert_eq!(paths.len(), 4);
+    let collector = manager.collector();
+    for path in &paths[2..] {
+        collector
+            .send(ArtifactStatusChange::new(
+                path.clone(),
+                ArtifactStatus::Ready,
+            ))
+            .await
+            .unwrap();
+    }
+    assert_eq!(next_notification(&mut notifications).await, ok(JobId(1)));
+    gate.add_permits(1);
+    job9.await.unwrap().unwrap();
+    manager.report_all(JobId(9), ArtifactStatus::Ready).await;
+    assert_eq!(next_notification(&mut notifications).await, ok(JobId(9)));
+    eventually_empty(&downloader).await;
+    assert_no_notification(&mut notifications);
+}
+
+/// Fix (stale orphans): a parked change is dropped once every run started before it
+/// arrived has finished planning, even while later jobs keep planning (with a steady
+/// stream of jobs, "no job planning" may never happen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_change_is_dropped_while_later_jobs_plan() {
+    let gate10 = Arc::new(Semaphore::new(0));
+    let (controller, _calls) = FakeController::new(pushes_config(2));
+    let controller = controller.gate_config(JobId(10), gate10.clone());
+    let (downloader, mut notifications, manager, gate9, job9) =
+        stale_change_parked(controller).await;
+    // Job 10 starts after the change arrived and stays planning.
+    let d = downloader.clone();
+    let job10 = tokio::spawn(async move { d.download(JobId(10)).await });
+    wait_stats(&downloader, "jobs 9 and 10 planning", |s| s.planning == 2).await;
+    gate9.add_permits(1);
+    job9.await.unwrap().unwrap();
+    let s = wait_stats(&downloader, "the parked change dropped", |s| s.orphans == 0).await;
+    assert_eq!(s.planning, 1, "job 10 still plans: {s:?}");
+    gate10.add_permits(1);
+    job10.await.unwrap().unwrap();
+    for job in [JobId(9), JobId(10)] {
+        manager.report_all(job, ArtifactStatus::Ready).await;
+    }
+    let mut answered: Vec<Notification> = vec![
+        next_notification(&mut notifications).await,
+        next_notification(&mut notifications).await,
+    ];
+    answered.sort_by_key(|n| n.job);
+    assert_eq!(answered, vec![ok(JobId(9)), ok(JobId(10))]);
+    eventually_empty(&downloader).await;
+}

@@ -15,7 +15,9 @@
 //!   stalls the actor.
 //! - A status change that arrives before its path is registered (a manager may report
 //!   READY before `push_artifact` returns) is parked as an *orphan* until the registration
-//!   arrives; orphans are dropped once no job is planning any more.
+//!   arrives. Only a run started before the change arrived can claim it, so an orphan is
+//!   dropped once every such run has finished planning (and a stale change of an answered
+//!   run is never applied to a later run that gets the same path).
 //!
 //! # The hot path (one READY change)
 //!
@@ -36,7 +38,7 @@
 //! - After a batch the actor yields a few times before it waits ([`IDLE_YIELDS`]), so that
 //!   a sender on another worker keeps streaming while the actor keeps its own worker.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -229,7 +231,8 @@ impl DownloaderBuilder {
             idle_yields: IDLE_YIELDS,
             info: HashMap::default(),
             orphans: HashMap::default(),
-            planning: HashMap::default(),
+            orphan_order: VecDeque::new(),
+            planning: BTreeMap::new(),
             planning_jobs: HashMap::default(),
             tasks: JoinSet::new(),
             task_owner: HashMap::default(),
@@ -552,6 +555,14 @@ struct Worker {
     abort: tokio::task::AbortHandle,
 }
 
+/// A terminal status change whose path was not registered when it arrived.
+struct Orphan {
+    /// The number the next run would have got when the change arrived: only runs below
+    /// it were started before, so only they can have pushed its path.
+    tag: u64,
+    change: ArtifactStatusChange,
+}
+
 /// A planning task in progress.
 struct Planning {
     job: JobId,
@@ -587,9 +598,12 @@ struct Actor {
     /// Progress of every job in flight.
     info: HashMap<JobId, JobInfo>,
     /// Terminal changes whose path is not registered yet, by path key.
-    orphans: HashMap<PathKey, ArtifactStatusChange>,
+    orphans: HashMap<PathKey, Orphan>,
+    /// The orphans' keys and tags in arrival order (tags never decrease along it), to
+    /// drop the orphans no run can claim any more; a key may be listed more than once.
+    orphan_order: VecDeque<(u64, PathKey)>,
     /// Planning tasks in progress, by run.
-    planning: HashMap<u64, Planning>,
+    planning: BTreeMap<u64, Planning>,
     /// How many planning tasks each job has (more than one only while a cancelled or
     /// answered run's task is still stopping).
     planning_jobs: HashMap<JobId, usize>,
@@ -694,8 +708,9 @@ impl Actor {
         self.info.clear();
         self.path2job.clear();
         self.orphans.clear();
+        self.orphan_order.clear();
         self.planning_jobs.clear();
-        for (_, planning) in self.planning.drain() {
+        for (_, planning) in std::mem::take(&mut self.planning) {
             if let Some(respond_to) = planning.respond_to {
                 let _ = respond_to.send(Err(DownloadError::Closed));
             }
@@ -855,7 +870,8 @@ impl Actor {
                 key,
                 alias,
             } => {
-                let orphan = self.orphans.remove(&key);
+                // Only a change that arrived after this run started can be its own.
+                let orphan = self.orphans.remove(&key).filter(|orphan| run < orphan.tag);
                 let Some(info) = self
                     .info
                     .get_mut(&job)
@@ -866,8 +882,8 @@ impl Actor {
                 info.paths += 1;
                 info.cold.aliases.push(key, &alias);
                 self.path2job.insert(key, PathEntry { job: job.0, run });
-                if let Some(change) = orphan {
-                    self.apply_change(change, key);
+                if let Some(orphan) = orphan {
+                    self.apply_change(orphan.change, key);
                 }
             }
             Event::PlanEnded { job, run, result } => {
@@ -970,7 +986,9 @@ impl Actor {
         let Some(entry) = self.path2job.remove(key) else {
             // Not registered (yet): a manager may report before `push_artifact` returns.
             if !self.planning.is_empty() {
-                self.orphans.insert(key, change);
+                let tag = self.next_run;
+                self.orphans.insert(key, Orphan { tag, change });
+                self.orphan_order.push_back((tag, key));
             }
             return;
         };
@@ -1169,14 +1187,30 @@ impl Actor {
         Some(planning)
     }
 
-    /// Orphans can only belong to a job that is still registering paths.
+    /// Drops the orphans that no run can claim any more: an orphan can only belong to a run
+    /// started before it arrived (below its tag) that is still registering paths.
     fn forget_orphans_if_idle(&mut self) {
-        if self.planning.is_empty() && !self.orphans.is_empty() {
+        // Every run below this one has finished planning.
+        let oldest = self.planning.keys().next().copied().unwrap_or(u64::MAX);
+        let before = self.orphans.len();
+        while let Some(&(tag, key)) = self.orphan_order.front() {
+            if tag > oldest {
+                break;
+            }
+            self.orphan_order.pop_front();
+            if self.orphans.get(&key).is_some_and(|o| o.tag == tag) {
+                self.orphans.remove(&key);
+            }
+        }
+        if self.orphans.is_empty() {
+            // Entries of claimed orphans may remain; nothing is parked.
+            self.orphan_order.clear();
+        }
+        if self.orphans.len() < before {
             debug!(
-                count = self.orphans.len(),
+                count = before - self.orphans.len(),
                 "dropping unclaimed status changes"
             );
-            self.orphans.clear();
         }
     }
 

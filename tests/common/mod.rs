@@ -212,7 +212,7 @@ pub struct FakeController {
     calls: mpsc::UnboundedSender<(JobId, String)>,
     saved: Mutex<HashMap<JobId, Config>>,
     slow: Option<(JobId, Duration)>,
-    gate: Option<(JobId, Arc<Semaphore>)>,
+    gates: Vec<(JobId, Arc<Semaphore>)>,
     config_fails: Option<Box<dyn Fn(JobId) -> bool + Send + Sync>>,
 }
 
@@ -226,7 +226,7 @@ impl FakeController {
             calls,
             saved: Mutex::new(HashMap::new()),
             slow: None,
-            gate: None,
+            gates: Vec::new(),
             config_fails: None,
         };
         (controller, rx)
@@ -238,9 +238,10 @@ impl FakeController {
         self
     }
 
-    /// `get_config(job)` waits for a permit of `gate`.
+    /// `get_config(job)` waits for a permit of `gate` (one gate per job; any number of
+    /// jobs).
     pub fn gate_config(mut self, job: JobId, gate: Arc<Semaphore>) -> Self {
-        self.gate = Some((job, gate));
+        self.gates.push((job, gate));
         self
     }
 
@@ -279,9 +280,7 @@ impl JobsController for FakeController {
     }
 
     async fn get_config(&self, job: JobId) -> Result<Config, BoxError> {
-        if let Some((gated, gate)) = &self.gate
-            && *gated == job
-        {
+        if let Some((_, gate)) = self.gates.iter().find(|(gated, _)| *gated == job) {
             gate.acquire().await?.forget();
         }
         self.delay(job).await;
