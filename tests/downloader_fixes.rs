@@ -635,3 +635,110 @@ async fn parked_change_is_dropped_while_later_jobs_plan() {
     assert_eq!(answered, vec![ok(JobId(9)), ok(JobId(10))]);
     eventually_empty(&downloader).await;
 }
+
+/// A controller whose first READY status call blocks the actor's thread until released
+/// (a controller doing blocking work), so that a test can queue work behind it. Job 2's
+/// config never comes.
+struct BlockingController {
+    entered: mpsc::UnboundedSender<()>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+#[artifact_coordinator::async_trait]
+impl artifact_coordinator::JobsController for BlockingController {
+    async fn set_status_and_info(
+        &self,
+        _: JobId,
+        _: artifact_coordinator::JobStatus,
+        info: String,
+    ) -> Result<(), artifact_coordinator::BoxError> {
+        if info.starts_with("1 /") {
+            let _ = self.entered.send(());
+            let release = self.release.lock().map_err(|_| "poisoned")?;
+            release.recv()?;
+        }
+        Ok(())
+    }
+    async fn get_config(
+        &self,
+        job: JobId,
+    ) -> Result<artifact_coordinator::Config, artifact_coordinator::BoxError> {
+        if job == JobId(2) {
+            std::future::pending::<()>().await;
+        }
+        Ok(pushes_config(1))
+    }
+    async fn set_config(
+        &self,
+        _: JobId,
+        _: artifact_coordinator::Config,
+    ) -> Result<(), artifact_coordinator::BoxError> {
+        Ok(())
+    }
+}
+
+/// Fix (fairness): a command waits for at most one batch of status changes, however many
+/// are queued: `stats` sent while 200,000 changes wait on the collector is answered
+/// before them, and `cancel` of a planning job (which waits for its task to be reaped)
+/// returns a few batches later. With a manager that never lets the collector run dry,
+/// they would otherwise never get a turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_status_changes_do_not_hold_up_commands() {
+    const QUEUED: u64 = 200_000;
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let controller = BlockingController {
+        entered: entered_tx,
+        release: std::sync::Mutex::new(release_rx),
+    };
+    let manager = FakeManager::new(Report::Never);
+    let (downloader, mut notifications) = Downloader::builder()
+        .collector_capacity(2 * QUEUED as usize)
+        .build(Arc::new(controller), manager.clone());
+    downloader.download(JobId(1)).await.unwrap();
+    let d = downloader.clone();
+    let job2 = tokio::spawn(async move { d.download(JobId(2)).await });
+    wait_stats(&downloader, "job 2 planning", |s| s.planning == 1).await;
+    // The READY's status call blocks the actor; the flood queues up behind it.
+    manager.report_all(JobId(1), ArtifactStatus::Ready).await;
+    next(&mut entered, "the blocking status call").await;
+    let collector = manager.collector();
+    for _ in 0..QUEUED {
+        let change = ArtifactStatusChange::new("/not/registered", ArtifactStatus::Downloading);
+        collector.send(change).await.unwrap();
+    }
+    // Queue the command (its first poll sends it), then let the actor go on.
+    let queued = downloader.stats();
+    tokio::pin!(queued);
+    tokio::select! {
+        biased;
+        _ = &mut queued => panic!("answered while the actor is blocked"),
+        () = std::future::ready(()) => {}
+    }
+    release.send(()).unwrap();
+    let s = tokio::time::timeout(Duration::from_secs(10), queued)
+        .await
+        .expect("stats answered")
+        .unwrap();
+    assert!(
+        s.status_changes < QUEUED,
+        "stats waited for the queued changes: {s:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), downloader.cancel(JobId(2)))
+        .await
+        .expect("cancel answered")
+        .unwrap();
+    let s = stats(&downloader).await;
+    assert!(
+        s.status_changes < QUEUED,
+        "cancel waited for the queued changes: {s:?}"
+    );
+    job2.await.unwrap().unwrap();
+    assert_eq!(next_notification(&mut notifications).await, ok(JobId(1)));
+    let s = wait_stats(&downloader, "the queue handled", |s| {
+        s.status_changes == QUEUED + 1
+    })
+    .await;
+    assert!(is_idle(&s), "{s:?}");
+    assert_no_notification(&mut notifications);
+}

@@ -86,6 +86,11 @@ const BATCH: usize = 512;
 /// the count to how often yielding found work (see `Actor::idle_yields`).
 const IDLE_YIELDS: u32 = 32;
 
+/// After this many batches of status changes in a row, the collector sits out one turn of
+/// the actor's loop, so that tasks that ended are reaped (and `cancel` answered) even
+/// while the collector never runs dry.
+const FAIR_BATCHES: u32 = 8;
+
 /// How many changes ahead of the one being hashed its path's bytes are prefetched.
 const PATH_PREFETCH: usize = 4;
 
@@ -229,6 +234,7 @@ impl DownloaderBuilder {
             outbox: None,
             outbox_spare: None,
             idle_yields: IDLE_YIELDS,
+            fair_countdown: FAIR_BATCHES,
             info: HashMap::default(),
             orphans: HashMap::default(),
             orphan_order: VecDeque::new(),
@@ -595,6 +601,8 @@ struct Actor {
     outbox_spare: Option<Vec<Notification>>,
     /// How many times the actor may yield after a batch of changes (see `idle_yields`).
     idle_yields: u32,
+    /// Collector batches left before the collector sits out a turn (see `run`).
+    fair_countdown: u32,
     /// Progress of every job in flight.
     info: HashMap<JobId, JobInfo>,
     /// Terminal changes whose path is not registered yet, by path key.
@@ -634,13 +642,20 @@ impl Actor {
         let mut batch = Vec::with_capacity(BATCH);
         let mut events = Vec::with_capacity(BATCH);
         loop {
+            // A manager that never lets the collector run dry must not hold up `cancel`,
+            // `download` or `stats`, nor the tasks that end: the collector sits out one
+            // turn when a command is waiting (one atomic load to know) and after every
+            // [`FAIR_BATCHES`] batches (for the tasks, which cannot be checked that
+            // cheaply), so each of them waits for a few batches at most.
+            let collector_turn = self.commands.is_empty() && self.fair_countdown > 0;
             tokio::select! {
                 biased;
                 // The actor holds a sender, so the event channel never closes either.
                 _ = self.events.recv_many(&mut events, BATCH) => self.handle_events(&mut events),
-                n = self.collector.recv_many(&mut batch, BATCH) => {
+                n = self.collector.recv_many(&mut batch, BATCH), if collector_turn => {
                     // The actor holds a sender, so the collector never closes.
                     debug_assert!(n > 0);
+                    self.fair_countdown -= 1;
                     self.handle_changes(&mut batch);
                     self.idle_yields().await;
                 }
@@ -659,6 +674,10 @@ impl Actor {
                         break;
                     }
                 },
+                // Nothing else was ready during the collector's skipped turn.
+                () = std::future::ready(()), if !collector_turn => {
+                    self.fair_countdown = FAIR_BATCHES;
+                }
                 event = recv_byte_progress(&mut self.byte_progress), if self.byte_progress.is_some() => {
                     self.handle_byte_progress(event);
                 }
