@@ -354,22 +354,73 @@ pub(crate) fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
         .unwrap_or(0)
 }
 
+/// Why a cached blob cannot be trusted.
+#[derive(Debug)]
+pub(crate) struct Untrusted {
+    /// For the log.
+    pub(crate) reason: String,
+    /// The file, when it is certainly not the content (wrong size, wrong digest, not a
+    /// regular file): it may be removed, but only while it is still this file. `None`
+    /// when it is missing or could not be read (perhaps for a passing reason).
+    pub(crate) bad: Option<FileIdentity>,
+}
+
+/// Which file a path named when it was looked at: a file put there later differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileIdentity {
+    size: u64,
+    mtime_ns: i64,
+    /// The inode number (0 where there is none).
+    inode: u64,
+}
+
+impl FileIdentity {
+    /// The identity of the file `meta` describes.
+    pub(crate) fn of(meta: &std::fs::Metadata) -> FileIdentity {
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        FileIdentity {
+            size: meta.len(),
+            mtime_ns: mtime_ns(meta),
+            inode,
+        }
+    }
+
+    /// The identity of what `path` names now, if anything.
+    pub(crate) fn at(path: &Path) -> Option<FileIdentity> {
+        std::fs::symlink_metadata(path).ok().map(|m| Self::of(&m))
+    }
+}
+
 /// Whether the blob file at `path` still is `row`'s content (blocking). Size must match;
 /// the content is re-hashed when `rehash` is set or the modification time moved. Returns
 /// the file's current mtime when it differs from the row's (the content being right), or
 /// why the blob cannot be trusted.
-pub(crate) fn check_blob(path: &Path, row: &BlobRow, rehash: bool) -> Result<Option<i64>, String> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_file() => meta,
-        Ok(_) => return Err("not a regular file".into()),
-        Err(e) => return Err(format!("cannot read it: {e}")),
+pub(crate) fn check_blob(
+    path: &Path,
+    row: &BlobRow,
+    rehash: bool,
+) -> Result<Option<i64>, Untrusted> {
+    let unreadable = |e: std::io::Error| Untrusted {
+        reason: format!("cannot read it: {e}"),
+        bad: None,
     };
+    let meta = std::fs::symlink_metadata(path).map_err(unreadable)?;
+    let bad = |reason: String| Untrusted {
+        reason,
+        bad: Some(FileIdentity::of(&meta)),
+    };
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
     if meta.len() != row.size {
-        return Err(format!(
+        return Err(bad(format!(
             "size {} bytes, recorded {} bytes",
             meta.len(),
             row.size
-        ));
+        )));
     }
     let mtime = mtime_ns(&meta);
     if !rehash && mtime == row.mtime_ns {
@@ -377,9 +428,32 @@ pub(crate) fn check_blob(path: &Path, row: &BlobRow, rehash: bool) -> Result<Opt
     }
     match super::fetch::hash_file(path) {
         Ok(got) if got == row.sha256 => Ok((mtime != row.mtime_ns).then_some(mtime)),
-        Ok(got) => Err(format!("content changed: sha256 is now {got}")),
-        Err(e) => Err(format!("cannot read it: {e}")),
+        Ok(got) => Err(bad(format!("content changed: sha256 is now {got}"))),
+        Err(e) => Err(unreadable(e)),
     }
+}
+
+/// Removes the untrusted blob file at `path` if it is still the one `bad` names (another
+/// transfer may have put a good copy there since), and forgets the blob's row when the
+/// path no longer names any file. Runs on the index thread, so a transfer recording a new
+/// copy (after linking it) is not undone. Blocking.
+pub(crate) fn drop_untrusted(
+    conn: &Connection,
+    path: &Path,
+    sha256: &str,
+    bad: Option<FileIdentity>,
+) -> rusqlite::Result<()> {
+    let now = FileIdentity::at(path);
+    if bad.is_some() && now == bad {
+        if let Err(e) = std::fs::remove_file(path) {
+            warn!(path = %path.display(), cause = %e, "cannot remove the untrusted blob");
+            return Ok(());
+        }
+    } else if now.is_some() {
+        // Unreadable for a moment, or replaced by a good copy since: left alone.
+        return Ok(());
+    }
+    forget_blob(conn, sha256)
 }
 
 /// Gives the job its file at `target`: a hard link to `blob`, or (when `copy` is set or
@@ -416,12 +490,17 @@ pub(crate) fn place(
     if !linked {
         copy_to(blob, target, temp, fsync.is_some())?;
     }
-    if let Some(syncs) = fsync {
-        if let Err(source) = syncs.sync(dir) {
-            // The file is complete; only the durability of its name across a power loss
-            // is in doubt, and recovery at open handles that.
-            warn!(dir = %dir.display(), cause = %source, "cannot fsync directory");
-        }
+    if let Some(syncs) = fsync
+        && let Err(source) = syncs.sync(dir)
+    {
+        // The name might not survive a power loss: not READY. The name goes, so that
+        // the job does not find a file its artifact does not vouch for.
+        let _ = std::fs::remove_file(target);
+        return Err(FetchError::Io {
+            op: "fsync directory",
+            path: dir.to_owned(),
+            source,
+        });
     }
     Ok(())
 }

@@ -668,7 +668,7 @@ impl Core {
         let core = Arc::clone(self);
         let dir = core.layout.type_dir(job, kind);
         let made = blocking(&dir, "create directory", move || {
-            core.layout.ensure_type_dir(job, kind)
+            core.layout.ensure_type_dir(job, kind, core.settings.fsync)
         })
         .await?;
         self.dirs_made
@@ -786,13 +786,17 @@ impl Core {
                     _pin: pin,
                 }))
             }
-            Ok(Err(reason)) => {
-                warn!(sha256, reason, "cached blob cannot be trusted; dropping it");
-                fetch::remove_quietly(&path).await;
+            Ok(Err(untrusted)) => {
+                let reason = untrusted.reason;
+                warn!(
+                    sha256,
+                    reason, "cached blob cannot be trusted; downloading again"
+                );
+                let bad = untrusted.bad;
                 let forgotten = self
                     .index
                     .call("forget cached blob", move |conn| {
-                        cache::forget_blob(conn, &sha256)
+                        cache::drop_untrusted(conn, &path, &sha256, bad)
                     })
                     .await;
                 if let Err(e) = forgotten {

@@ -204,15 +204,27 @@ impl Layout {
     /// following symbolic links: a symbolic link (or a file) planted under the root where a
     /// directory should be is an error, so no write can be redirected outside the root.
     /// Blocking: call it off the async worker threads.
+    ///
+    /// With `durable`, a directory it creates has its name fsynced too (its parent is
+    /// fsynced), so that a file placed in it and fsynced with it is reachable after a power
+    /// loss.
     pub(crate) fn ensure_type_dir(
         &self,
         job: JobId,
         kind: ArtifactType,
+        durable: bool,
     ) -> Result<PathBuf, StoreError> {
         let mut dir = self.root.clone();
         for part in [JOBS_DIR, &job.0.to_string(), kind.as_str()] {
+            let parent = dir.clone();
             dir.push(part);
-            ensure_real_dir(&dir, &self.root)?;
+            if ensure_real_dir(&dir, &self.root)? && durable {
+                sync_dir(&parent).map_err(|source| StoreError::Io {
+                    op: "fsync directory",
+                    path: parent,
+                    source,
+                })?;
+            }
         }
         Ok(dir)
     }
@@ -232,21 +244,27 @@ impl Layout {
     }
 }
 
-/// Makes sure `dir` is a real directory (not a symbolic link), creating it if missing.
-fn ensure_real_dir(dir: &Path, root: &Path) -> Result<(), StoreError> {
+/// Fsyncs a directory (its entries: the names in it). Blocking.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Makes sure `dir` is a real directory (not a symbolic link), creating it if missing;
+/// returns whether it was created.
+fn ensure_real_dir(dir: &Path, root: &Path) -> Result<bool, StoreError> {
     let io = |op, source| StoreError::Io {
         op,
         path: dir.to_owned(),
         source,
     };
-    let check = |meta: std::fs::Metadata| {
+    let check = |meta: std::fs::Metadata| -> Result<bool, StoreError> {
         if meta.file_type().is_symlink() {
             Err(StoreError::OutsideRoot {
                 path: dir.to_owned(),
                 root: root.to_owned(),
             })
         } else if meta.is_dir() {
-            Ok(())
+            Ok(false)
         } else {
             Err(io(
                 "use as directory",
@@ -257,7 +275,7 @@ fn ensure_real_dir(dir: &Path, root: &Path) -> Result<(), StoreError> {
     match std::fs::symlink_metadata(dir) {
         Ok(meta) => check(meta),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::create_dir(dir) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 check(std::fs::symlink_metadata(dir).map_err(|e| io("inspect directory", e))?)
             }
@@ -348,7 +366,7 @@ mod tests {
         let outside = tempfile::tempdir().expect("tempdir");
         let layout = Layout::create(dir.path()).expect("layout");
         let ok = layout
-            .ensure_type_dir(JobId(1), ArtifactType::Image)
+            .ensure_type_dir(JobId(1), ArtifactType::Image, true)
             .expect("dir");
         assert!(ok.starts_with(layout.root()));
         assert!(layout.is_inside(&ok.join("a")));
@@ -356,7 +374,7 @@ mod tests {
         assert!(!layout.is_inside(&ok.join("..").join("..").join("x")));
         std::os::unix::fs::symlink(outside.path(), layout.jobs_dir().join("2")).expect("symlink");
         let err = layout
-            .ensure_type_dir(JobId(2), ArtifactType::Test)
+            .ensure_type_dir(JobId(2), ArtifactType::Test, true)
             .expect_err("escape");
         assert!(matches!(err, StoreError::OutsideRoot { .. }), "{err}");
         assert!(!outside.path().join("test").exists());

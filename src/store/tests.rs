@@ -837,7 +837,7 @@ async fn recovers_after_crash() {
         let layout = Layout::create(dir.path()).unwrap();
         let (index, _) = Index::open(&layout, false).unwrap();
         let dir = layout
-            .ensure_type_dir(JobId(1), ArtifactType::Image)
+            .ensure_type_dir(JobId(1), ArtifactType::Image, false)
             .unwrap();
         let id = index.last_id() + 1;
         let path = dir.join("running").to_str().unwrap().to_owned();
@@ -1134,4 +1134,70 @@ async fn absurd_content_range_fails_the_artifact() {
     assert_eq!(last.status, ArtifactStatus::Failed);
     let reason = last.reason.unwrap_or_default();
     assert!(reason.contains("Content-Range"), "{reason}");
+}
+
+/// Whether the index has a row for the blob `sha`.
+async fn has_blob_row(index: &Index, sha: &str) -> bool {
+    let sha = sha.to_owned();
+    index
+        .call("get", move |conn| cache::get_blob(conn, &sha))
+        .await
+        .unwrap()
+        .is_some()
+}
+
+/// An untrusted blob is removed only while the path still names the file that was found
+/// bad, and its row forgotten only when no file is left: a good copy another transfer put
+/// there meanwhile, or a file that could not be read for a moment, stays with its row.
+#[tokio::test]
+async fn untrusted_blob_is_dropped_only_while_it_is_the_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::create(dir.path()).unwrap();
+    let (index, _) = Index::open(&layout, false).unwrap();
+    let sha = "ab".repeat(32);
+    let path = layout.blob_path(&sha);
+    let put = |size: u64| {
+        let row = cache::BlobRow {
+            sha256: sha.clone(),
+            size,
+            mtime_ns: 1,
+        };
+        move |conn: &rusqlite::Connection| {
+            cache::put_blob(conn, &row, "http://127.0.0.1/x", &Validators::default())
+        }
+    };
+    let drop_it = |bad: Option<cache::FileIdentity>| {
+        let (path, sha) = (path.clone(), sha.clone());
+        index.call("drop", move |conn| {
+            cache::drop_untrusted(conn, &path, &sha, bad)
+        })
+    };
+
+    // Found bad and still there: removed, row forgotten.
+    std::fs::write(&path, b"bad").unwrap();
+    index.call("put", put(3)).await.unwrap();
+    let bad = cache::FileIdentity::at(&path);
+    drop_it(bad).await.unwrap();
+    assert!(!path.exists());
+    assert!(!has_blob_row(&index, &sha).await);
+
+    // Found bad, then replaced by a good copy (a new file) and its row: both stay.
+    std::fs::write(&path, b"bad").unwrap();
+    let bad = cache::FileIdentity::at(&path);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, b"good copy").unwrap();
+    index.call("put", put(9)).await.unwrap();
+    drop_it(bad).await.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"good copy");
+    assert!(has_blob_row(&index, &sha).await);
+
+    // Could not be read (no identity), but the file is there: left alone.
+    drop_it(None).await.unwrap();
+    assert!(path.exists());
+    assert!(has_blob_row(&index, &sha).await);
+
+    // Missing: the row is forgotten.
+    std::fs::remove_file(&path).unwrap();
+    drop_it(None).await.unwrap();
+    assert!(!has_blob_row(&index, &sha).await);
 }

@@ -310,6 +310,7 @@ impl Transfer {
             .fsync
             .then(|| Arc::clone(&self.core.dir_syncs));
         let (layout, job, kind) = (self.core.layout.clone(), self.job, self.kind);
+        let durable = self.core.settings.fsync;
         tokio::task::spawn_blocking(move || {
             let place = || cache::place(&blob, &target, &temp, &dir, copy, syncs.as_deref());
             match place() {
@@ -318,7 +319,7 @@ impl Transfer {
                     if source.kind() == std::io::ErrorKind::NotFound =>
                 {
                     layout
-                        .ensure_type_dir(job, kind)
+                        .ensure_type_dir(job, kind, durable)
                         .map_err(|e| FetchError::Io {
                             op: "create directory",
                             path: dir.clone(),
