@@ -91,8 +91,8 @@ async fn expected_sha256_matches() {
     upper.assert_ready(&fx.root(), &data);
 }
 
-/// An expected SHA-256 that does not match: FAILED with "sha256 mismatch: expected X,
-/// got Y", no file, no temporary file.
+/// An expected SHA-256 that does not match: FAILED with "sha256 mismatch for URI:
+/// expected X, got Y", no file, no temporary file.
 #[tokio::test]
 async fn expected_sha256_mismatch_fails() {
     let fx = Fixture::new().await;
@@ -103,7 +103,8 @@ async fn expected_sha256_mismatch_fails() {
         .fetch_desc(image_sha(1, "Image_0", &fx.server.url("/a"), &wrong))
         .await;
     let want = format!(
-        "sha256 mismatch: expected {wrong}, got {}",
+        "sha256 mismatch for {}: expected {wrong}, got {}",
+        fx.server.url("/a"),
         sha256_hex(&data)
     );
     out.assert_failed(&fx.root(), |r| r == want);

@@ -382,7 +382,8 @@ async fn content_change_against_expected_sha_fails() {
         ))
         .await;
     let want = format!(
-        "sha256 mismatch: expected {}, got {}",
+        "sha256 mismatch for {}: expected {}, got {}",
+        fx.server.url("/f"),
         sha256_hex(&old),
         sha256_hex(&new)
     );

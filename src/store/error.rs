@@ -119,4 +119,14 @@ pub enum StoreError {
     /// pushes or creates), or its background index thread has stopped.
     #[error("the store is closed (closed by its owner, or its index thread stopped)")]
     Closed,
+    /// `cancel_job` ran for the job while the push waited for room among the transfers
+    /// ([`StoreBuilder::max_transfers`](crate::StoreBuilder::max_transfers)): nothing was
+    /// recorded or downloaded.
+    #[error("push of {alias:?} for job {job} cancelled while waiting for room among the transfers")]
+    Cancelled {
+        /// The job.
+        job: JobId,
+        /// The artifact's alias.
+        alias: String,
+    },
 }

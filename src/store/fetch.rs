@@ -130,6 +130,8 @@ pub(crate) enum FetchError {
     },
     /// The file's SHA-256 is not the expected one (from the description).
     Sha256Mismatch {
+        /// Where the file came from.
+        uri: String,
         /// Expected digest, lower-case hex.
         expected: String,
         /// Actual digest, lower-case hex.
@@ -234,8 +236,11 @@ impl fmt::Display for FetchError {
             FetchError::Io { op, path, source } => {
                 write!(f, "cannot {op} {}: {source}", path.display())
             }
-            FetchError::Sha256Mismatch { expected, got } => {
-                write!(f, "sha256 mismatch: expected {expected}, got {got}")
+            FetchError::Sha256Mismatch { uri, expected, got } => {
+                write!(
+                    f,
+                    "sha256 mismatch for {uri}: expected {expected}, got {got}"
+                )
             }
             FetchError::ChecksumMismatch {
                 kind,
@@ -384,11 +389,12 @@ pub(crate) struct Expected {
 
 impl Expected {
     /// Checks the file's digests against what is expected.
-    fn check(&self, sha256: &str, md5: Option<String>) -> Result<(), FetchError> {
+    fn check(&self, uri: &str, sha256: &str, md5: Option<String>) -> Result<(), FetchError> {
         if let Some(want) = &self.sha256
             && want != sha256
         {
             return Err(FetchError::Sha256Mismatch {
+                uri: uri.to_owned(),
                 expected: want.clone(),
                 got: sha256.to_owned(),
             });
@@ -995,8 +1001,9 @@ impl Fetcher {
         };
         let size = sink.len();
         let expected = expected.clone();
+        let uri = uri.to_owned();
         sink.finish_file(self.fsync, move |file, sha256, md5| {
-            expected.check(&sha256, md5)?;
+            expected.check(&uri, &sha256, md5)?;
             let fetched = Fetched {
                 size,
                 sha256,

@@ -365,7 +365,9 @@ impl Store {
     /// [`StoreError::InvalidAlias`], [`StoreError::UnsupportedScheme`],
     /// [`StoreError::InvalidUri`], [`StoreError::InvalidDigest`] (nothing is recorded),
     /// [`StoreError::OutsideRoot`] / [`StoreError::Io`] when the directory cannot be
-    /// made, [`StoreError::Index`], [`StoreError::Closed`] after [`Store::close`].
+    /// made, [`StoreError::Index`], [`StoreError::Closed`] after [`Store::close`],
+    /// [`StoreError::Cancelled`] when [`Store::cancel`] runs for the job while the push
+    /// waits for room (nothing is recorded).
     #[instrument(skip_all, fields(job = %description.job, alias = %description.alias))]
     pub async fn push(
         &self,
@@ -404,20 +406,23 @@ impl Store {
             Some(c) => Some((core.source(job, &alias, &c.uri)?, c)),
             None => None,
         };
-        // First a place among the transfers (the only wait that can be long). Then the
-        // job registration, before anything is recorded, so a `cancel_job` that runs
-        // while this push is under way cancels this transfer too. Once the name is
-        // reserved nothing waits: the row's insert is queued, PENDING sent if the
-        // collector has room (else by the transfer, first thing) and the transfer spawned,
-        // so a caller that stops waiting cannot separate the row from its transfer.
+        // First the job registration, so that a `cancel_job` that runs while this push is
+        // under way cancels it too (or its transfer); then a place among the transfers
+        // (the only wait that can be long). Once the name is reserved nothing waits: the
+        // row's insert is queued, PENDING sent if the collector has room (else by the
+        // transfer, first thing) and the transfer spawned, so a caller that stops waiting
+        // cannot separate the row from its transfer.
+        let guard = core.register(job);
         let room = tokio::select! {
             biased;
             () = core.root_token.cancelled() => return Err(StoreError::Closed),
+            () = guard.cancel.cancelled() => {
+                return Err(StoreError::Cancelled { job, alias });
+            }
             room = Arc::clone(&core.room).acquire_owned() => {
                 room.map_err(|_| StoreError::Closed)?
             }
         };
-        let guard = core.register(job);
         let Recorded {
             dir,
             id,

@@ -493,7 +493,8 @@ async fn verifies_digests() {
     assert_eq!(
         last.reason.unwrap(),
         format!(
-            "sha256 mismatch: expected {zeros}, got {}",
+            "sha256 mismatch for {}: expected {zeros}, got {}",
+            server.url("f"),
             sha256_hex(&body)
         )
     );
@@ -1200,4 +1201,82 @@ async fn untrusted_blob_is_dropped_only_while_it_is_the_bad_file() {
     std::fs::remove_file(&path).unwrap();
     drop_it(None).await.unwrap();
     assert!(!has_blob_row(&index, &sha).await);
+}
+
+/// A push waiting for room among the transfers (`max_transfers`) is cancelled by
+/// `cancel_job` of its job: it returns `Cancelled` at once, records nothing and never
+/// downloads, while the transfer that holds the room goes on.
+#[tokio::test]
+async fn cancel_stops_a_push_waiting_for_room() {
+    let stall = Reply {
+        stall: true,
+        ..Reply::ok(&data(1000))
+    };
+    let server = Server::start(vec![stall]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::builder()
+        .workers(1)
+        .max_transfers(1)
+        .fsync(false)
+        .open(dir.path())
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    let running = store
+        .push_artifact(image(1, "a", &server.url("a")), tx.clone())
+        .await
+        .unwrap();
+    loop {
+        let c = rx.recv().await.unwrap();
+        if c.path == running && c.status == ArtifactStatus::Downloading {
+            break;
+        }
+    }
+    let waiting = {
+        let (store, tx, uri) = (store.clone(), tx.clone(), server.url("b"));
+        tokio::spawn(async move { store.push(image(2, "b", &uri), tx).await })
+    };
+    // The push registers its job before it waits: `cancel_job` finds it.
+    let registered = async {
+        while !store
+            .handle
+            .core
+            .jobs
+            .lock()
+            .unwrap()
+            .contains_key(&JobId(2))
+        {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), registered)
+        .await
+        .expect("the waiting push registers its job");
+    tokio::time::timeout(Duration::from_secs(5), store.cancel_job(JobId(2)))
+        .await
+        .expect("prompt")
+        .unwrap();
+    let pushed = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiting push returns")
+        .unwrap();
+    match pushed {
+        Err(StoreError::Cancelled { job, alias }) => {
+            assert_eq!((job, alias.as_str()), (JobId(2), "b"));
+        }
+        other => panic!("expected Cancelled, got {other:?}"),
+    }
+    let page = store
+        .list(
+            ArtifactFilter {
+                job: Some(JobId(2)),
+                ..ArtifactFilter::default()
+            },
+            Page::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.total, 0, "nothing recorded for the cancelled push");
+    assert_eq!(server.requests().len(), 1, "only the first transfer asked");
+    store.cancel_job(JobId(1)).await.unwrap();
 }
