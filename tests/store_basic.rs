@@ -663,6 +663,53 @@ async fn open_creates_root() {
     assert!(store.root().join("index.sqlite").is_file());
 }
 
+/// Only one store may have a root open: a second open (even through another path to the
+/// same directory) fails with `Locked` and changes nothing; after `close`, or once the
+/// first store is dropped, the root opens again. A closed store refuses every call.
+#[tokio::test]
+async fn a_root_is_opened_by_one_store_at_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("store");
+    let first = Store::open(&root).await.expect("open");
+    let err = Store::open(root.join("."))
+        .await
+        .map(|_| ())
+        .expect_err("the root is locked");
+    match &err {
+        artifact_coordinator::StoreError::Locked { root: locked } => {
+            assert_eq!(locked, first.root())
+        }
+        other => panic!("expected Locked, got {other}"),
+    }
+    assert!(err.to_string().contains("store.lock"), "{err}");
+    let err = Store::open(&root)
+        .await
+        .map(|_| ())
+        .expect_err("still locked");
+    assert!(
+        matches!(err, artifact_coordinator::StoreError::Locked { .. }),
+        "{err}"
+    );
+
+    first.close().await;
+    let filter = artifact_coordinator::ArtifactFilter::default;
+    let refused = first
+        .list(filter(), artifact_coordinator::Page::default())
+        .await;
+    assert!(
+        matches!(refused, Err(artifact_coordinator::StoreError::Closed)),
+        "{refused:?}"
+    );
+    let second = Store::open(&root).await.expect("open after close");
+    second
+        .list(filter(), artifact_coordinator::Page::default())
+        .await
+        .expect("list");
+    drop(second);
+    let third = Store::open(&root).await.expect("open after drop");
+    third.close().await;
+}
+
 /// A store reopened on the same root continues the names of a job's directory from its
 /// index: the same alias pushed again gets `~1`, and row ids keep increasing.
 #[tokio::test]

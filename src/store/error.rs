@@ -119,6 +119,12 @@ pub enum StoreError {
     /// pushes or creates), or its background index thread has stopped.
     #[error("the store is closed (closed by its owner, or its index thread stopped)")]
     Closed,
+    /// Another `Store` has the root open (in this process or another): only one may.
+    #[error("the store at {root} is open elsewhere (its store.lock is held)")]
+    Locked {
+        /// The root.
+        root: PathBuf,
+    },
     /// `cancel_job` ran for the job while the push waited for room among the transfers
     /// ([`StoreBuilder::max_transfers`](crate::StoreBuilder::max_transfers)): nothing was
     /// recorded or downloaded.

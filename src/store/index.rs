@@ -196,11 +196,12 @@ type Finish = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
 /// A request to the index thread.
 type Task = Box<dyn FnOnce(&Connection) -> Finish + Send>;
 
-/// Handle of the index thread. The thread ends when every handle is dropped.
+/// Handle of the index thread. The thread ends when every handle is dropped, or at
+/// [`Index::stop`].
 #[derive(Debug)]
 pub(crate) struct Index {
-    /// Requests to the thread (a std channel: the thread blocks on it).
-    tx: std_mpsc::Sender<Task>,
+    /// Requests to the thread (a std channel: the thread blocks on it); `None` stops it.
+    tx: std_mpsc::Sender<Option<Task>>,
     /// The highest row id used when the index was opened.
     last_id: i64,
 }
@@ -251,7 +252,7 @@ impl Index {
             op: "read the last row id",
             source,
         })?;
-        let (tx, rx) = std_mpsc::channel::<Task>();
+        let (tx, rx) = std_mpsc::channel::<Option<Task>>();
         std::thread::Builder::new()
             .name("artifact-index".into())
             .spawn(move || run(conn, rx))
@@ -291,8 +292,23 @@ impl Index {
             })
         });
         // If the thread has stopped, `answer` ends at once and `wait` says `Closed`.
-        let _ = self.tx.send(task);
+        let _ = self.tx.send(Some(task));
         Pending { op, answer }
+    }
+
+    /// Runs every request queued so far, then stops the thread: later requests fail
+    /// with [`StoreError::Closed`]. Returns once the thread no longer writes.
+    pub(crate) async fn stop(&self) {
+        let (done, stopped) = oneshot::channel::<()>();
+        // Dropped by the thread when it ends, after the requests queued before it.
+        let task: Task = Box::new(move |_| {
+            Box::new(move |_| {
+                let _ = done.send(());
+            })
+        });
+        if self.tx.send(Some(task)).is_ok() && self.tx.send(None).is_ok() {
+            let _ = stopped.await;
+        }
     }
 
     /// Runs `f` on the index thread without waiting for it; a failure is logged.
@@ -310,7 +326,7 @@ impl Index {
                 }
             })
         });
-        if self.tx.send(task).is_err() {
+        if self.tx.send(Some(task)).is_err() {
             warn!(op, "index thread has stopped; update dropped");
         }
     }
@@ -616,13 +632,19 @@ fn remove_temp_files(jobs: &Path, known: &std::collections::HashSet<String>) -> 
     removed
 }
 
-/// The index thread: runs requests in batches, one transaction per batch.
-fn run(conn: Connection, rx: std_mpsc::Receiver<Task>) {
-    while let Ok(first) = rx.recv() {
+/// The index thread: runs requests in batches, one transaction per batch, until every
+/// handle is gone or a `None` arrives (requests queued after it are dropped unanswered).
+fn run(conn: Connection, rx: std_mpsc::Receiver<Option<Task>>) {
+    let mut stop = false;
+    while !stop && let Ok(Some(first)) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(task) => batch.push(task),
+                Ok(Some(task)) => batch.push(task),
+                Ok(None) => {
+                    stop = true;
+                    break;
+                }
                 Err(_) => break,
             }
         }

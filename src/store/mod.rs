@@ -134,7 +134,10 @@ pub const REASON_CLOSED: &str = "store closed";
 /// Only one `Store` (in one process) may have a root open at a time: opening runs the
 /// crash recovery above, which would fail the other store's transfers, and the store
 /// hands out row ids and file names from memory, so it must be the index's only writer
-/// (other processes may read it).
+/// (other processes may read it). Opening takes an exclusive lock on `<root>/store.lock`
+/// (`flock`), held until the store and its last clone are dropped; a second open of the
+/// same root, in this process or another, fails with [`StoreError::Locked`]. The kernel
+/// releases the lock of a process that dies.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -173,6 +176,9 @@ struct Handle {
 
 /// The store's state, shared by the handles and the running transfers.
 struct Core {
+    /// The root's exclusive lock, held until [`Store::close`] or the drop of the last
+    /// clone.
+    lock: Mutex<Option<std::fs::File>>,
     /// Directory layout under the canonical root.
     layout: Layout,
     /// Settings from the builder.
@@ -206,6 +212,36 @@ struct Core {
     /// One permit per transfer queued or running ([`StoreBuilder::max_transfers`]).
     room: Arc<tokio::sync::Semaphore>,
 }
+
+/// Takes the exclusive lock of the store at `root` (see "One store per root" on [`Store`]).
+/// Blocking.
+fn lock_root(root: &Path) -> Result<std::fs::File, StoreError> {
+    let path = root.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StoreError::Io {
+            op: "open lock file",
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+            root: root.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Io {
+            op: "lock",
+            path,
+            source,
+        }),
+    }
+}
+
+/// The lock file in the root (see [`lock_root`]).
+const LOCK_FILE: &str = "store.lock";
 
 /// An artifact given its row and path by [`Core::record`].
 struct Recorded {
@@ -265,14 +301,15 @@ impl Store {
         let verify = settings.verify_on_open;
         let named_temps = settings.named_temps;
         let owned = root.to_owned();
-        let (layout, index, recovery) = blocking(root, "open store", move || {
+        let (layout, index, recovery, lock) = blocking(root, "open store", move || {
             let root = owned;
             let mut layout = Layout::create(&root)?;
+            let lock = lock_root(layout.root())?;
             if named_temps {
                 layout.use_named_temps();
             }
             let (index, recovery) = Index::open(&layout, verify)?;
-            Ok((layout, index, recovery))
+            Ok((layout, index, recovery, lock))
         })
         .await?;
         let fetcher = Fetcher::new(&settings).map_err(|source| StoreError::Client { source })?;
@@ -291,6 +328,7 @@ impl Store {
             .max_transfers
             .clamp(settings.workers, tokio::sync::Semaphore::MAX_PERMITS);
         let core = Arc::new(Core {
+            lock: Mutex::new(Some(lock)),
             layout,
             pool: Pool::new(settings.workers),
             settings,
@@ -598,14 +636,23 @@ impl Store {
     }
 
     /// Stops the store: refuses new pushes and creates, cancels every transfer (`FAILED`,
-    /// reason `"store closed"`) and waits until they have stopped. The index stays
-    /// readable ([`info`](Self::info), [`list`](Self::list)) until the last clone is
-    /// dropped.
+    /// reason `"store closed"`), waits until they have stopped, lets the index finish
+    /// what was asked of it and stops it (later calls of any method fail with
+    /// [`StoreError::Closed`]), then releases the root's lock, so that the root can be
+    /// opened again (see "One store per root").
     pub async fn close(&self) {
         let core = &self.handle.core;
         core.root_token.cancel();
         core.tasks.close();
         core.tasks.wait().await;
+        // Nothing writes any more: the root may be opened again.
+        core.index.stop().await;
+        drop(
+            core.lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
     }
 }
 
