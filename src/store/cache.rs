@@ -519,6 +519,8 @@ fn can_copy_instead(e: &std::io::Error) -> bool {
 
 /// Copies `blob` to `temp` (writable), syncs it and renames it onto `target`.
 fn copy_to(blob: &Path, target: &Path, temp: &Path, fsync: bool) -> Result<(), FetchError> {
+    // Only a file this call made is removed on failure.
+    let mut made = false;
     let result = (|| {
         let mut from = std::fs::File::open(blob).map_err(|source| FetchError::Io {
             op: "read cached blob",
@@ -537,6 +539,7 @@ fn copy_to(blob: &Path, target: &Path, temp: &Path, fsync: bool) -> Result<(), F
             .create_new(true)
             .open(temp)
             .map_err(io("create temporary file"))?;
+        made = true;
         std::io::copy(&mut from, &mut to).map_err(io("copy cached blob to"))?;
         if fsync {
             to.sync_all().map_err(io("fsync"))?;
@@ -547,7 +550,7 @@ fn copy_to(blob: &Path, target: &Path, temp: &Path, fsync: bool) -> Result<(), F
             source,
         })
     })();
-    if result.is_err() {
+    if result.is_err() && made {
         let _ = std::fs::remove_file(temp);
     }
     result

@@ -706,18 +706,26 @@ fn last_id(conn: &Connection) -> rusqlite::Result<i64> {
 /// Applies a status change.
 fn apply_update(conn: &Connection, u: &StatusUpdate) -> rusqlite::Result<()> {
     let size = u.size.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
-    conn.prepare_cached(
-        "UPDATE artifacts SET status = ?1, size = ?2, sha256 = ?3, error = ?4, updated_ms = ?5
-         WHERE id = ?6",
-    )?
-    .execute(params![
-        u.status.as_str(),
-        size,
-        u.sha256,
-        u.error,
-        now_ms(),
-        u.id
-    ])?;
+    let changed = conn
+        .prepare_cached(
+            "UPDATE artifacts SET status = ?1, size = ?2, sha256 = ?3, error = ?4, updated_ms = ?5
+             WHERE id = ?6",
+        )?
+        .execute(params![
+            u.status.as_str(),
+            size,
+            u.sha256,
+            u.error,
+            now_ms(),
+            u.id
+        ])?;
+    if changed == 0 {
+        // The job was removed meanwhile: a status without a row would be READY for a
+        // file the index does not know (nor protects from eviction).
+        return Err(rusqlite::Error::ToSqlConversionFailure(
+            format!("row {} is gone (its job was removed)", u.id).into(),
+        ));
+    }
     Ok(())
 }
 

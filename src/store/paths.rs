@@ -49,6 +49,8 @@ pub(crate) fn validate_alias(job: JobId, alias: &str) -> Result<(), StoreError> 
         Some("contains a NUL byte")
     } else if alias.len() > MAX_ALIAS_BYTES {
         Some("longer than 255 bytes")
+    } else if is_temp_name(alias) {
+        Some("names of the form `.<name>.<digits>.part` are the store's temporary files")
     } else {
         None
     };
@@ -304,6 +306,8 @@ mod tests {
             "..\\x",
             "nul\0byte",
             long.as_str(),
+            ".img.2.part",
+            ".a.b.0.part",
         ] {
             let err = validate_alias(JobId(7), alias).expect_err(alias);
             let text = err.to_string();
@@ -324,6 +328,9 @@ mod tests {
             "a b",
             "é",
             max.as_str(),
+            "img.2.part",
+            ".img.part",
+            ".img.v2.part",
         ] {
             validate_alias(JobId(1), alias).expect(alias);
         }

@@ -1280,3 +1280,42 @@ async fn cancel_stops_a_push_waiting_for_room() {
     assert_eq!(server.requests().len(), 1, "only the first transfer asked");
     store.cancel_job(JobId(1)).await.unwrap();
 }
+
+/// A READY or FAILED status for a row that is gone (its job was removed while the
+/// transfer ran) is an error, not a silent success: the transfer then fails and takes its
+/// file away instead of reporting READY for a file the index does not know.
+#[tokio::test]
+async fn status_of_a_removed_row_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let err = store
+        .handle
+        .core
+        .index
+        .update(StatusUpdate {
+            id: 12_345,
+            status: ArtifactStatus::Ready,
+            size: Some(1),
+            sha256: Some("00".repeat(32)),
+            error: None,
+        })
+        .await
+        .expect_err("no such row");
+    assert!(err.to_string().contains("row 12345 is gone"), "{err}");
+}
+
+/// Copying a blob to a job's path (copy mode) never removes a file it did not make: when
+/// its temporary name is taken, it fails and the file there stays.
+#[test]
+fn copy_failure_leaves_a_file_it_did_not_make() {
+    let dir = tempfile::tempdir().unwrap();
+    let blob = dir.path().join("blob");
+    std::fs::write(&blob, b"content").unwrap();
+    let temp = dir.path().join(paths::temp_name("img", 2));
+    std::fs::write(&temp, b"someone else's").unwrap();
+    let target = dir.path().join("img");
+    let err = cache::place(&blob, &target, &temp, dir.path(), true, None).expect_err("taken");
+    assert!(err.to_string().contains("create temporary file"), "{err}");
+    assert_eq!(std::fs::read(&temp).unwrap(), b"someone else's");
+    assert!(!target.exists());
+}
