@@ -742,3 +742,78 @@ async fn queued_status_changes_do_not_hold_up_commands() {
     assert!(is_idle(&s), "{s:?}");
     assert_no_notification(&mut notifications);
 }
+
+/// A controller whose `"Failed to download artifact"` status call fails, at once or (with
+/// `later`) after it was first found pending (so a worker task carries it out).
+struct FailedStatusFails {
+    later: bool,
+}
+
+#[artifact_coordinator::async_trait]
+impl artifact_coordinator::JobsController for FailedStatusFails {
+    async fn set_status_and_info(
+        &self,
+        _: JobId,
+        _: artifact_coordinator::JobStatus,
+        info: String,
+    ) -> Result<(), artifact_coordinator::BoxError> {
+        if info == INFO_FAILED {
+            if self.later {
+                tokio::task::yield_now().await;
+            }
+            return Err("status store down".into());
+        }
+        Ok(())
+    }
+    async fn get_config(
+        &self,
+        _: JobId,
+    ) -> Result<artifact_coordinator::Config, artifact_coordinator::BoxError> {
+        Ok(pushes_config(2))
+    }
+    async fn set_config(
+        &self,
+        _: JobId,
+        _: artifact_coordinator::Config,
+    ) -> Result<(), artifact_coordinator::BoxError> {
+        Ok(())
+    }
+}
+
+/// Fix (FAIL message): when the status call of a FAILED artifact fails too, the FAIL
+/// names both: why the artifact failed and why the status call did, whether the call
+/// failed at once or in the job's worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_message_keeps_the_download_failure_when_the_status_call_fails() {
+    for later in [false, true] {
+        let manager = FakeManager::new(Report::Never);
+        let (downloader, mut notifications) =
+            Downloader::new(Arc::new(FailedStatusFails { later }), manager.clone());
+        downloader.download(JobId(1)).await.unwrap();
+        let path = manager.paths(JobId(1))[0].clone();
+        manager
+            .collector()
+            .send(ArtifactStatusChange::failed(path.clone(), "boom"))
+            .await
+            .unwrap();
+        let n = next_notification(&mut notifications).await;
+        assert!(!n.ok);
+        assert_eq!(
+            n.msg,
+            format!(
+                "failed to download artifact a_0 ({path}): boom; \
+                 then failed to set job status: status store down"
+            ),
+            "later: {later}"
+        );
+        // The late change of the other artifact retires its path.
+        let other = manager.paths(JobId(1))[1].clone();
+        manager
+            .collector()
+            .send(ArtifactStatusChange::failed(other, "cancelled"))
+            .await
+            .unwrap();
+        eventually_empty(&downloader).await;
+        downloader.shutdown().await.unwrap();
+    }
+}

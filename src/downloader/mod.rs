@@ -502,6 +502,9 @@ struct JobInfo {
 struct JobCold {
     /// Aliases of the registered paths, to name the artifact in a FAIL message.
     aliases: Aliases,
+    /// The FAIL message handed to the job's worker (sent after its pending status calls):
+    /// kept so that a status call failing meanwhile does not hide why the job failed.
+    failure: Option<String>,
     /// Byte progress per artifact, and the sums (only with a progress subscription).
     bytes: ByteSums,
 }
@@ -930,7 +933,11 @@ impl Actor {
                 }
             }
             Event::StatusFailed { job, run, msg } => {
-                if self.current(job, run).is_some() {
+                if let Some(info) = self.current(job, run) {
+                    let msg = match info.cold.failure.take() {
+                        Some(failure) => failed_then(&failure, &msg),
+                        None => msg,
+                    };
                     self.answer(job, Outcome::Fail(msg));
                 }
             }
@@ -1065,8 +1072,8 @@ impl Actor {
                 );
                 match called {
                     Err(failed) => {
-                        let msg = self.call_failed(failed);
-                        self.answer(job, Outcome::Fail(msg));
+                        let status = self.call_failed(failed);
+                        self.answer(job, Outcome::Fail(failed_then(&msg, &status)));
                     }
                     Ok(()) => self.finish(job, Outcome::Fail(msg)),
                 }
@@ -1094,6 +1101,9 @@ impl Actor {
         info.stop.store(true, Ordering::Release);
         match &info.worker {
             Some(worker) => {
+                if let Outcome::Fail(msg) = &outcome {
+                    info.cold.failure = Some(msg.clone());
+                }
                 let _ = worker.tx.send(WorkerCmd::Finish(outcome));
             }
             None => self.answer(job, outcome),
@@ -1282,6 +1292,12 @@ fn push_decimal(text: &mut String, n: usize) {
     for &digit in &digits[start..] {
         text.push(char::from(digit));
     }
+}
+
+/// The text of a FAIL for an artifact that failed (`failure`) and whose status call then
+/// failed too (`status`): both reasons.
+fn failed_then(failure: &str, status: &str) -> String {
+    format!("{failure}; then {status}")
 }
 
 /// The text of a FAIL caused by a failed status call.
