@@ -310,8 +310,16 @@ impl Downloader {
     /// Starts downloading the job's artifacts.
     ///
     /// Returns once the job's config has been processed: every artifact registered with
-    /// the manager and the config saved (or the job answered FAIL). The answer, OK or FAIL,
-    /// arrives later on the notification channel, exactly once.
+    /// the manager and the config saved (or the job answered FAIL). That can take a while:
+    /// a manager may make a push wait (the Store does when
+    /// [`max_transfers`](crate::StoreBuilder::max_transfers) transfers are queued), so
+    /// with many jobs, spawn one call per job rather than awaiting them in turn.
+    ///
+    /// The answer, OK or FAIL, comes on the notification channel, exactly once. It may
+    /// already be there when this returns (a job that failed while planning, that has
+    /// nothing to download, or whose artifacts were all cached). If the job is
+    /// [`cancel`](Self::cancel)led while planning, this returns `Ok(())` and no answer
+    /// ever comes.
     ///
     /// # Errors
     ///
