@@ -12,12 +12,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[non_exhaustive]
 pub enum ConfigError {
     /// The JSON does not parse or does not match the schema (serde names unknown fields).
-    #[error("invalid job config at line {line}, column {column}: {source}")]
+    #[error("invalid job config at line {line}, column {column}: {message}")]
     Parse {
         /// 1-based line of the error.
         line: usize,
         /// 1-based column of the error.
         column: usize,
+        /// What is wrong, without the position (which `line` and `column` give).
+        message: String,
         /// The parser's error.
         #[source]
         source: serde_json::Error,

@@ -361,10 +361,19 @@ impl Config {
     /// Errors name the offending field (unknown fields, bad digests, a checksum URI
     /// without its type) and, for syntax errors, the line and column.
     pub fn from_json(json: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_json::from_str(json).map_err(|source| ConfigError::Parse {
-            line: source.line(),
-            column: source.column(),
-            source,
+        let config: Config = serde_json::from_str(json).map_err(|source| {
+            let (line, column) = (source.line(), source.column());
+            let text = source.to_string();
+            let message = text
+                .strip_suffix(&format!(" at line {line} column {column}"))
+                .unwrap_or(&text)
+                .to_owned();
+            ConfigError::Parse {
+                line,
+                column,
+                message,
+                source,
+            }
         })?;
         config.validate()?;
         Ok(config)
@@ -429,7 +438,8 @@ pub(crate) fn check_hex(field: &str, value: &str, len: usize) -> Result<(), Conf
 }
 
 /// What the Downloader asks the artifact manager to fetch (or to allocate a path for).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ArtifactDescription {
     /// The job the artifact belongs to.
     pub job: JobId,
@@ -440,8 +450,10 @@ pub struct ArtifactDescription {
     /// Where to download it from; empty for a pull artifact.
     pub uri: String,
     /// Expected SHA-256 (lower- or upper-case hex), if the config gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     /// For an image: where its checksum file is, so the manager can verify it while streaming.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<ChecksumSource>,
 }
 
@@ -465,13 +477,15 @@ impl ArtifactDescription {
 }
 
 /// A status change of one artifact, sent by the manager on the collector channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ArtifactStatusChange {
     /// The artifact's path, as returned by `push_artifact`.
     pub path: ArtifactPath,
     /// Its new status.
     pub status: ArtifactStatus,
     /// Why it failed (for `Failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
@@ -496,7 +510,8 @@ impl ArtifactStatusChange {
 }
 
 /// The Downloader's answer for a job: OK (every artifact ready, config saved) or FAIL.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Notification {
     /// The job.
     pub job: JobId,
