@@ -305,3 +305,56 @@ async fn verify_on_open_catches_corrupted_ready_files() {
     assert_eq!(good_row.status, ArtifactStatus::Ready, "{good_row:?}");
     assert_eq!(sha256_file(good_path.as_path()), sha256_hex(&good));
 }
+
+/// Without `verify_on_open`, a READY file whose content was rewritten (same size) while the
+/// store was closed is still caught at open: its modification time is no longer its
+/// blob's, so it is re-hashed. Intact files stay READY, linked or copied (a copy keeps the
+/// blob's time).
+#[tokio::test]
+async fn rewritten_ready_files_are_caught_at_open() {
+    for copy in [false, true] {
+        let server = TestServer::start().await;
+        let good = body(4000, 17);
+        server.serve("/good", Resource::new(good.clone()));
+        server.serve("/bad", Resource::new(body(4000, 18)));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        let (good_path, bad_path) = {
+            let store = fast_builder()
+                .copy_job_files(copy)
+                .open(&root)
+                .await
+                .expect("open");
+            let (tx, mut statuses) = Statuses::channel();
+            let g = store
+                .push_artifact(image(1, "good", &server.url("/good")), tx.clone())
+                .await
+                .expect("push");
+            let b = store
+                .push_artifact(image(1, "bad", &server.url("/bad")), tx)
+                .await
+                .expect("push");
+            assert_eq!(statuses.terminal(&g).await.status, ArtifactStatus::Ready);
+            assert_eq!(statuses.terminal(&b).await.status, ArtifactStatus::Ready);
+            store.close().await;
+            (g, b)
+        };
+        std::fs::write(bad_path.as_path(), body(4000, 19)).expect("rewrite");
+        let store = fast_builder()
+            .copy_job_files(copy)
+            .open(&root)
+            .await
+            .expect("reopen");
+        let bad = store.info(&bad_path).await.expect("info").expect("row");
+        assert_eq!(bad.status, ArtifactStatus::Failed, "copy {copy}: {bad:?}");
+        let reason = bad.error.unwrap_or_default();
+        assert!(reason.contains("sha256 mismatch after restart"), "{reason}");
+        let good_row = store.info(&good_path).await.expect("info").expect("row");
+        assert_eq!(
+            good_row.status,
+            ArtifactStatus::Ready,
+            "copy {copy}: {good_row:?}"
+        );
+        assert_eq!(sha256_file(good_path.as_path()), sha256_hex(&good));
+    }
+}

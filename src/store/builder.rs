@@ -236,8 +236,9 @@ impl StoreBuilder {
     }
 
     /// Whether opening the store re-hashes every READY file and compares it with the
-    /// recorded SHA-256 (default `false`: only existence and size are checked, which is
-    /// cheap). A file that does not match is removed and its row marked FAILED.
+    /// recorded SHA-256 (default `false`: existence and size are checked, and only a file
+    /// whose modification time is not its blob's, i.e. written since, is re-hashed, which
+    /// is cheap). A file that does not match is removed and its row marked FAILED.
     pub fn verify_on_open(mut self, yes: bool) -> Self {
         self.settings.verify_on_open = yes;
         self

@@ -541,6 +541,11 @@ fn copy_to(blob: &Path, target: &Path, temp: &Path, fsync: bool) -> Result<(), F
             .map_err(io("create temporary file"))?;
         made = true;
         std::io::copy(&mut from, &mut to).map_err(io("copy cached blob to"))?;
+        // The blob's time, which recovery at open compares to know the copy unchanged.
+        let modified = from.metadata().and_then(|m| m.modified());
+        modified
+            .and_then(|t| to.set_modified(t))
+            .map_err(io("set the modification time of"))?;
         if fsync {
             to.sync_all().map_err(io("fsync"))?;
         }

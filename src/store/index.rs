@@ -499,19 +499,35 @@ fn recover(conn: &mut Connection, layout: &Layout, verify: bool) -> Result<Recov
             recovery.interrupted += 1;
         }
 
-        // READY files must be there, whole.
+        // READY files must be there, whole, and still their content: re-hashed when
+        // their modification time is not their blob's (or with `verify`).
         let mut stmt = tx
-            .prepare("SELECT id, path, size, sha256 FROM artifacts WHERE status = 'READY'")
+            .prepare(
+                "SELECT a.id, a.path, a.size, a.sha256, b.mtime_ns
+                 FROM artifacts a LEFT JOIN blobs b ON b.sha256 = a.sha256
+                 WHERE a.status = 'READY'",
+            )
             .map_err(index("find ready artifacts"))?;
-        let rows: Vec<(i64, String, Option<i64>, Option<String>)> = stmt
+        type ReadyRow = (i64, String, Option<i64>, Option<String>, Option<i64>);
+        let rows: Vec<ReadyRow> = stmt
             .query_map([], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                ))
             })
             .and_then(Iterator::collect)
             .map_err(index("find ready artifacts"))?;
-        for (id, path, size, sha256) in rows {
-            let Some(reason) = check_ready_file(Path::new(&path), size, sha256.as_deref(), verify)
-            else {
+        for (id, path, size, sha256, blob_mtime) in rows {
+            let expected = ReadyFile {
+                size,
+                sha256: sha256.as_deref(),
+                blob_mtime,
+            };
+            let Some(reason) = check_ready_file(Path::new(&path), &expected, verify) else {
                 continue;
             };
             warn!(path, reason, "READY artifact is damaged; marking it FAILED");
@@ -545,19 +561,27 @@ fn recover(conn: &mut Connection, layout: &Layout, verify: bool) -> Result<Recov
     Ok(recovery)
 }
 
-/// Why a READY row's file is not acceptable, or `None` when it is.
-fn check_ready_file(
-    path: &Path,
+/// What a READY row says its file is.
+struct ReadyFile<'a> {
+    /// Its size.
     size: Option<i64>,
-    sha256: Option<&str>,
-    verify: bool,
-) -> Option<String> {
+    /// Its SHA-256.
+    sha256: Option<&'a str>,
+    /// The modification time of its blob, when the cache has a row for it: a job's file
+    /// is a hard link of the blob (a copy gets the blob's time too), so another time
+    /// means the file was written since.
+    blob_mtime: Option<i64>,
+}
+
+/// Why a READY row's file is not acceptable, or `None` when it is. The content is
+/// re-hashed when `verify` is set or the file's modification time is not its blob's.
+fn check_ready_file(path: &Path, expected: &ReadyFile<'_>, verify: bool) -> Option<String> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.is_file() => meta,
         Ok(_) => return Some(format!("{REASON_MISSING}: not a regular file")),
         Err(_) => return Some(REASON_MISSING.to_owned()),
     };
-    if let Some(size) = size
+    if let Some(size) = expected.size
         && u64::try_from(size).ok() != Some(meta.len())
     {
         return Some(format!(
@@ -565,7 +589,8 @@ fn check_ready_file(
             meta.len()
         ));
     }
-    if verify && let Some(expected) = sha256 {
+    let rehash = verify || expected.blob_mtime != Some(super::cache::mtime_ns(&meta));
+    if rehash && let Some(expected) = expected.sha256 {
         match super::fetch::hash_file(path) {
             Ok(got) if got == expected => {}
             Ok(got) => {

@@ -119,8 +119,10 @@ pub const REASON_CLOSED: &str = "store closed";
 /// - Opening a root after a crash makes it consistent again: transfers that were queued
 ///   or running become `FAILED` with reason `"interrupted"`, temporary files are removed,
 ///   and a `READY` row whose file is missing or has the wrong size becomes `FAILED` with
-///   reason `"missing after restart"` (or `"size mismatch after restart: ..."`); see
-///   [`StoreBuilder::verify_on_open`] to re-hash them too.
+///   reason `"missing after restart"` (or `"size mismatch after restart: ..."`). A READY
+///   file whose modification time is not its blob's (it was written since) is re-hashed
+///   and becomes `FAILED` (`"sha256 mismatch after restart: ..."`) if its content
+///   changed; see [`StoreBuilder::verify_on_open`] to re-hash every one.
 ///
 /// # Created (pull) artifacts
 ///
