@@ -789,6 +789,7 @@ async fn a_failed_row_insert_fails_the_artifact() {
     // Job 8 stays busy (a stalled transfer, no idle timeout within the test) until it is
     // cancelled, so the store keeps its names for the job's directory loaded.
     let fx = Fixture::with(fast_builder().idle_timeout(std::time::Duration::from_secs(600))).await;
+    fx.server.serve("/stall", Resource::new(body(100_000, 2)));
     fx.server
         .script("/stall", [support::Step::stall_after(1000)]);
     let data = body(64 * 1024, 16);

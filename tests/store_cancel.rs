@@ -267,6 +267,7 @@ async fn a_push_waits_for_room_among_the_transfers() {
             .idle_timeout(std::time::Duration::from_secs(600)),
     )
     .await;
+    fx.server.serve("/stall", Resource::new(body(100_000, 2)));
     fx.server.script("/stall", [Step::stall_after(1000)]);
     let data = body(5000, 3);
     fx.server.serve("/f", Resource::new(data.clone()));

@@ -186,6 +186,9 @@ struct Entry {
     flight: Arc<Flight>,
     /// Transfers holding a [`Ticket`].
     waiters: usize,
+    /// The job tokens of every transfer that joined (those that left are cancelled or
+    /// done), to know at once that every waiter is being cancelled.
+    jobs: Vec<CancellationToken>,
 }
 
 /// The in-memory side of the cache: pins, flights and the progress channel.
@@ -249,10 +252,12 @@ impl Cache {
         self: &Arc<Self>,
         key: FlightKey,
         parent: &CancellationToken,
+        job: &CancellationToken,
     ) -> (Ticket, bool) {
         let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = flights.get_mut(&key) {
             entry.waiters += 1;
+            entry.jobs.push(job.clone());
             let flight = Arc::clone(&entry.flight);
             drop(flights);
             debug!(flight = flight.id, uri = %key.uri, "joined a transfer in flight");
@@ -269,6 +274,7 @@ impl Cache {
             Entry {
                 flight: Arc::clone(&flight),
                 waiters: 1,
+                jobs: vec![job.clone()],
             },
         );
         drop(flights);
@@ -281,6 +287,19 @@ impl Cache {
             key,
             flight,
             released: false,
+        }
+    }
+
+    /// Whether no job waits for `flight` any more, or every one that does is being
+    /// cancelled: their transfers leave it soon, and a flight about to start should not.
+    /// Unlike the flight's own token, this knows as soon as `cancel_job` starts.
+    pub(crate) fn abandoned(&self, key: &FlightKey, flight: &Arc<Flight>) -> bool {
+        let flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        match flights.get(key) {
+            Some(entry) if Arc::ptr_eq(&entry.flight, flight) => {
+                entry.jobs.iter().all(CancellationToken::is_cancelled)
+            }
+            _ => true,
         }
     }
 

@@ -194,7 +194,7 @@ impl Transfer {
             sha256: self.sha256.clone(),
             checksum: self.checksum.as_ref().map(|(_, c)| (c.uri.clone(), c.kind)),
         };
-        let (ticket, created) = core.cache.join(key.clone(), &core.root_token);
+        let (ticket, created) = core.cache.join(key.clone(), &core.root_token, &cancel);
         if created {
             let run = FlightRun {
                 core: Arc::clone(&core),
@@ -464,6 +464,11 @@ impl FlightRun {
             () = token.cancelled() => return Err(FetchError::Cancelled),
             slot = slot => slot.map_err(|_| FetchError::Cancelled)?,
         };
+        // Its jobs may be being cancelled while their transfers have not left it yet
+        // (the worker it got may be one that cancellation just freed).
+        if core.cache.abandoned(&self.key, &self.flight) {
+            return Err(FetchError::Cancelled);
+        }
         self.flight.state.send_replace(FlightState::Running);
         // Boxed: a flight waiting for its worker keeps only a small task; the download's
         // (large) state exists for running ones only.

@@ -110,7 +110,12 @@ impl Statuses {
             let change = tokio::time::timeout_at(deadline, self.rx.recv())
                 .await
                 .unwrap_or_else(|_| panic!("no {status} for {path} within {WAIT:?}"))
-                .unwrap_or_else(|| panic!("collector closed before {status} for {path}"));
+                .unwrap_or_else(|| {
+                    panic!(
+                        "collector closed before {status} for {path}; seen: {:?}",
+                        self.buffered
+                    )
+                });
             let found = change.path == *path && change.status == status;
             self.buffered.push(change);
             if found {
