@@ -67,12 +67,24 @@ async fn main() -> ExitCode {
 }
 
 async fn demo() -> io::Result<ExitCode> {
+    // First thing: Ctrl-C during the setup below must not leave its files behind.
+    let mut interrupt = common::Interrupt::new();
     let mut progress = Progress::new(Mode::detect(false));
     progress.init_tracing();
 
     let files = tempfile::Builder::new().prefix("demo-files-").tempdir()?;
     let store_dir = tempfile::Builder::new().prefix("demo-store-").tempdir()?;
-    let generated = generate(files.path())?;
+    let dir = files.path().to_owned();
+    let mut generating = tokio::task::spawn_blocking(move || generate(&dir));
+    let generated = tokio::select! {
+        generated = &mut generating => generated.map_err(io::Error::other)??,
+        () = interrupt.wait() => {
+            // Let the writing end, then the directories go (dropped on return).
+            let _ = generating.await;
+            eprintln!("demo: interrupted while generating its files; they are removed");
+            return Ok(ExitCode::from(130));
+        }
+    };
     let server = Server::start(files.path()).await?;
     eprintln!(
         "demo: serving {} generated files ({}) on {}",
@@ -87,7 +99,7 @@ async fn demo() -> io::Result<ExitCode> {
         .await
         .map_err(io::Error::other)?;
     let jobs = jobs(&server, &generated)?;
-    let outcome = common::run(&store, jobs, &mut progress, |_| {}).await;
+    let outcome = common::run(&store, jobs, &mut progress, &mut interrupt, |_| {}).await;
     let shared_requests = server.requests("rootfs.img");
     let store_root = store.root().to_owned();
 

@@ -10,9 +10,11 @@
 //! nothing with `--quiet`); the result goes to stdout: one JSON object per job as it is
 //! answered with `--json`, a summary table otherwise.
 //!
-//! Exit status: 0 when every job is OK, 1 when any failed (or the store cannot be opened),
-//! 2 for bad usage or a job file that cannot be read or parsed, 130 after Ctrl-C (every
-//! job in flight is cancelled; the store removes its temporary files).
+//! Exit status: 0 when every job is OK, 1 when any failed (when the store cannot be
+//! opened, e.g. because another run has it open, every job fails: with `--json`, one FAIL
+//! object per job says why), 2 for bad usage or a job file that cannot be read or parsed,
+//! 130 after Ctrl-C (every job in flight is cancelled; the store removes its temporary
+//! files).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -57,13 +59,15 @@ struct Args {
 }
 
 /// Shown after `--help`.
-const EXIT_CODES: &str = "Exit status: 0 every job OK, 1 a job failed, \
-    2 bad usage or a job file that cannot be read or parsed, 130 interrupted (Ctrl-C).";
+const EXIT_CODES: &str = "Exit status: 0 every job OK, 1 a job failed (every job, when the \
+    store cannot be opened, e.g. another run has it open), 2 bad usage or a job file that \
+    cannot be read or parsed, 130 interrupted (Ctrl-C).";
 
 #[tokio::main]
 async fn main() -> ExitCode {
     // Bad usage exits with 2 (and `--help` with 0) inside `parse`.
     let args = Args::parse();
+    let mut interrupt = common::Interrupt::new();
     let specs = match load(&args.jobs) {
         Ok(specs) => specs,
         Err(errors) => {
@@ -83,16 +87,20 @@ async fn main() -> ExitCode {
     {
         Ok(store) => store,
         Err(err) => {
-            eprintln!(
-                "download: cannot open the store at {}: {err}",
-                args.store.display()
-            );
+            let msg = format!("cannot open the store at {}: {err}", args.store.display());
+            eprintln!("download: {msg}");
+            // No job can run: each one failed, and `--json` still says so once per job.
+            if args.json {
+                for spec in &specs {
+                    print_json(&Answer::failed(spec, msg.clone()));
+                }
+            }
             return ExitCode::from(1);
         }
     };
 
     let json = args.json;
-    let outcome = common::run(&store, specs, &mut progress, |answer| {
+    let outcome = common::run(&store, specs, &mut progress, &mut interrupt, |answer| {
         if json {
             print_json(answer);
         }

@@ -361,20 +361,11 @@ impl Config {
     /// Errors name the offending field (unknown fields, bad digests, a checksum URI
     /// without its type) and, for syntax errors, the line and column.
     pub fn from_json(json: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_json::from_str(json).map_err(|source| {
-            let (line, column) = (source.line(), source.column());
-            let text = source.to_string();
-            let message = text
-                .strip_suffix(&format!(" at line {line} column {column}"))
-                .unwrap_or(&text)
-                .to_owned();
-            ConfigError::Parse {
-                line,
-                column,
-                message,
-                source,
-            }
-        })?;
+        let config: Config = serde_json::from_str(json).map_err(parse_error)?;
+        // serde also reads a struct from an array of its field values: the shape is
+        // checked on the JSON too (it parsed once, so it parses again).
+        let value: serde_json::Value = serde_json::from_str(json).map_err(parse_error)?;
+        check_shape(&value, "")?;
         config.validate()?;
         Ok(config)
     }
@@ -423,6 +414,85 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// A serde_json error as [`ConfigError::Parse`], its position given once (in `line` and
+/// `column`, not repeated in the message).
+fn parse_error(source: serde_json::Error) -> ConfigError {
+    let (line, column) = (source.line(), source.column());
+    let text = source.to_string();
+    let message = text
+        .strip_suffix(&format!(" at line {line} column {column}"))
+        .unwrap_or(&text)
+        .to_owned();
+    ConfigError::Parse {
+        line,
+        column,
+        message,
+        source,
+    }
+}
+
+/// The config's lists: the only places where an array may appear, holding objects.
+const LIST_FIELDS: [&str; 3] = ["images", "test_cases", "test_actions"];
+
+/// Checks that a parsed config has the schema's shape where serde is lenient: the config
+/// is an object, and arrays appear only as its lists and hold objects (serde would read
+/// a struct from an array of its field values). `at` is the dotted path of `value`.
+fn check_shape(value: &serde_json::Value, at: &str) -> Result<(), ConfigError> {
+    use serde_json::Value;
+    let field = |name: &str| {
+        if at.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{at}.{name}")
+        }
+    };
+    let not_object = |field: String, found: &Value| ConfigError::Invalid {
+        field: if field.is_empty() {
+            "(the config)".to_owned()
+        } else {
+            field
+        },
+        reason: format!("expected an object, found {}", kind(found)),
+    };
+    let Value::Object(map) = value else {
+        return Err(not_object(at.to_owned(), value));
+    };
+    for (name, value) in map {
+        match value {
+            Value::Object(_) => check_shape(value, &field(name))?,
+            Value::Array(items) if LIST_FIELDS.contains(&name.as_str()) => {
+                for (i, item) in items.iter().enumerate() {
+                    let at = format!("{}[{i}]", field(name));
+                    match item {
+                        Value::Object(_) => check_shape(item, &at)?,
+                        other => return Err(not_object(at, other)),
+                    }
+                }
+            }
+            Value::Array(_) => {
+                return Err(ConfigError::Invalid {
+                    field: field(name),
+                    reason: "expected an object or a value, found an array".to_owned(),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// How a JSON value is named in an error.
+fn kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
     }
 }
 

@@ -437,8 +437,8 @@ async fn bad_usage_exits_2() {
     }
 }
 
-/// Ctrl-C while a transfer hangs: every job is cancelled, no temporary file is left, and
-/// the exit status is 130.
+/// Ctrl-C while a transfer hangs: every job is cancelled (with `--json`, one FAIL line
+/// each), no temporary file is left, and the exit status is 130.
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_cancels_and_exits_130() {
@@ -508,8 +508,49 @@ async fn ctrl_c_cancels_and_exits_130() {
         "{}",
         stderr(&output)
     );
-    assert!(output.stdout.is_empty(), "no job was answered");
+    let lines = json_lines(&output);
+    assert_eq!(lines.len(), 1, "one line for the cancelled job");
+    assert_eq!(lines[0]["job"], 1);
+    assert_eq!(lines[0]["ok"], false);
+    assert_eq!(lines[0]["msg"], "interrupted (cancelled)");
+    assert!(lines[0]["config"].is_null(), "{}", lines[0]);
     assert_eq!(part_files(&store), Vec::<PathBuf>::new());
+}
+
+/// A store another process has open (its lock is held): every job fails, exit 1, and with
+/// `--json` one FAIL line per job says why; nothing is downloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_open_elsewhere_fails_every_job() {
+    let fx = Fixture::new(&[("a.img", b"a")]).await;
+    let json = format!(
+        r#"{{"action": {{"deploy": {{"images": [{{"uri": "{}"}}]}}}}}}"#,
+        fx.server.url("a.img")
+    );
+    let (one, two) = (fx.job("one.json", &json), fx.job("two.json", &json));
+    let store = fx.store();
+    let holder = artifact_coordinator::Store::open(&store)
+        .await
+        .expect("hold the store");
+
+    let output = download(
+        fx.path(),
+        &["--store", store.to_str().unwrap(), "--json", &one, &two],
+    )
+    .await;
+
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    let lines = json_lines(&output);
+    assert_eq!(lines.len(), 2, "one line per job");
+    for (line, file) in lines.iter().zip(["one.json", "two.json"]) {
+        assert_eq!(line["file"], file);
+        assert_eq!(line["ok"], false);
+        let msg = line["msg"].as_str().unwrap_or_default();
+        assert!(msg.contains("open elsewhere"), "{msg}");
+        assert!(line["config"].is_null());
+    }
+    assert!(stderr(&output).contains("open elsewhere"));
+    assert_eq!(fx.server.requests("a.img"), 0);
+    holder.close().await;
 }
 
 /// The demo runs to the end offline: exit 0, exactly one failed job (the intended one),

@@ -275,3 +275,30 @@ impl<T: serde::Serialize> Erased for T {
         serde_json::to_string(self).expect("serialize")
     }
 }
+
+/// serde would read a struct from an array of its field values; a config must be objects
+/// all the way down, with arrays only as its lists (of objects).
+#[test]
+fn arrays_in_place_of_objects_are_rejected() {
+    for (json, field) in [
+        (r#"["myjob", "rpi4", "high"]"#, "(the config)"),
+        ("[]", "(the config)"),
+        (r#"{"action": [{"images": []}]}"#, "action"),
+        (
+            r#"{"action": {"deploy": {"images": [["http://x/boot.img"]]}}}"#,
+            "action.deploy.images[0]",
+        ),
+        (
+            r#"{"action": {"test": {"test_cases": [{"test_actions": [{"run": ["ls"]}]}]}}}"#,
+            "action.test.test_cases[0].test_actions[0].run",
+        ),
+    ] {
+        let err = Config::from_json(json).expect_err(json);
+        match &err {
+            ConfigError::Invalid { field: named, .. } => assert_eq!(named, field, "{json}"),
+            other => panic!("expected Invalid for {json}, got {other:?}"),
+        }
+    }
+    let json = r#"{"action": {"deploy": {"images": [{"uri": "http://x/a"}]}}}"#;
+    Config::from_json(json).expect("lists of objects are fine");
+}

@@ -649,6 +649,18 @@ async fn open_on_a_file_fails() {
     assert!(err.to_string().contains("not-a-dir"), "{err}");
 }
 
+/// A root that is a file is refused with a message that says so.
+#[tokio::test]
+async fn a_file_is_not_a_root() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("afile");
+    std::fs::write(&file, b"x").expect("write");
+    let err = Store::open(&file).await.map(|_| ()).expect_err("a file");
+    let text = err.to_string();
+    assert!(text.contains("exists and is not a directory"), "{text}");
+    assert!(text.contains("afile"), "{text}");
+}
+
 /// The store's root is created when missing, and `root()` is where files go.
 #[tokio::test]
 async fn open_creates_root() {

@@ -402,6 +402,23 @@ pub struct Answer {
     pub elapsed: Duration,
 }
 
+impl Answer {
+    /// A FAIL for a job that never ran.
+    pub fn failed(spec: &JobSpec, msg: String) -> Answer {
+        Answer {
+            job: spec.id,
+            label: spec.label.clone(),
+            ok: false,
+            msg,
+            config: None,
+            ready: 0,
+            total: 0,
+            bytes: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
 /// How [`run`] ended.
 #[derive(Debug)]
 pub enum Outcome {
@@ -418,17 +435,17 @@ pub enum Outcome {
 /// `on_answer` as each job is answered.
 ///
 /// A failed job is cancelled in the store at once (its other transfers stop and their
-/// temporary files are removed). On Ctrl-C every job in flight is cancelled the same way
-/// and the run ends with [`Outcome::Interrupted`]. Either way the store is closed at the
-/// end (its index stays readable).
+/// temporary files are removed). On Ctrl-C every job in flight is cancelled the same way,
+/// `on_answer` gets a FAIL ("interrupted") for each, and the run ends with
+/// [`Outcome::Interrupted`]. Either way the store is closed at the end.
 pub async fn run(
     store: &Store,
     jobs: Vec<JobSpec>,
     progress: &mut Progress,
+    interrupt: &mut Interrupt,
     mut on_answer: impl FnMut(&Answer),
 ) -> Outcome {
     let start = Instant::now();
-    let mut interrupt = Interrupt::new();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let totals: HashMap<JobId, usize> = jobs
         .iter()
@@ -491,6 +508,9 @@ pub async fn run(
                 for job in pending.drain(..) {
                     if let Err(err) = downloader.cancel(job).await {
                         progress.println(&format!("job {job}: {err}"));
+                    }
+                    if let Some(spec) = jobs.iter().find(|spec| spec.id == job) {
+                        on_answer(&Answer::failed(spec, "interrupted (cancelled)".to_owned()));
                     }
                 }
                 let _ = downloader.shutdown().await;
@@ -561,13 +581,16 @@ async fn show(
 
 /// Ctrl-C, registered when created (so a signal that arrives while the first jobs start
 /// is not lost).
-struct Interrupt {
+/// Ctrl-C, caught from the moment it is made (made first thing, so that an interrupt
+/// during setup is seen too instead of killing the process half-way).
+pub struct Interrupt {
     #[cfg(unix)]
     signal: Option<tokio::signal::unix::Signal>,
 }
 
 impl Interrupt {
-    fn new() -> Interrupt {
+    /// Starts catching Ctrl-C.
+    pub fn new() -> Interrupt {
         Interrupt {
             #[cfg(unix)]
             signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok(),
@@ -575,7 +598,7 @@ impl Interrupt {
     }
 
     /// Resolves on Ctrl-C (never, if the handler could not be installed).
-    async fn wait(&mut self) {
+    pub async fn wait(&mut self) {
         #[cfg(unix)]
         match &mut self.signal {
             Some(signal) => {

@@ -117,6 +117,13 @@ pub(crate) struct Layout {
 impl Layout {
     /// Creates `root` if needed and anchors the layout at its canonical form.
     pub(crate) fn create(root: &Path) -> Result<Layout, StoreError> {
+        if std::fs::metadata(root).is_ok_and(|meta| !meta.is_dir()) {
+            return Err(StoreError::Io {
+                op: "use as store root",
+                path: root.to_owned(),
+                source: std::io::Error::other("it exists and is not a directory"),
+            });
+        }
         std::fs::create_dir_all(root).map_err(|source| StoreError::Io {
             op: "create store root",
             path: root.to_owned(),
