@@ -193,8 +193,9 @@ pub(crate) struct StatusUpdate {
 
 /// Called after the batch's commit with the commit's error, if any.
 type Finish = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
-/// A request to the index thread.
-type Task = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+/// A request to the index thread: run on the connection, or (`None`) not run at all
+/// because its batch's transaction was already lost (its `Finish` then gets the error).
+type Task = Box<dyn FnOnce(Option<&Connection>) -> Finish + Send>;
 
 /// Handle of the index thread. The thread ends when every handle is dropped, or at
 /// [`Index::stop`].
@@ -282,11 +283,12 @@ impl Index {
     {
         let (reply, answer) = oneshot::channel();
         let task: Task = Box::new(move |conn| {
-            let result = f(conn);
+            let result = conn.map(f);
             Box::new(move |commit: Option<&rusqlite::Error>| {
                 let result = match (result, commit) {
-                    (Ok(_), Some(e)) => Err(clone_error(e)),
-                    (result, _) => result,
+                    (Some(Ok(_)) | None, Some(e)) => Err(clone_error(e)),
+                    (Some(result), _) => result,
+                    (None, None) => Err(batch_lost()),
                 };
                 let _ = reply.send(result);
             })
@@ -317,7 +319,7 @@ impl Index {
         F: FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
     {
         let task: Task = Box::new(move |conn| {
-            let result = f(conn);
+            let result = conn.map(f).unwrap_or_else(|| Err(batch_lost()));
             Box::new(move |commit: Option<&rusqlite::Error>| {
                 if let Err(e) = result.as_ref().map_err(|e| e as &dyn std::fmt::Display) {
                     warn!(op, cause = %e, "index update failed");
@@ -410,6 +412,15 @@ fn job_key(job: JobId) -> i64 {
 }
 
 /// A copy of a commit error, for every request of the batch.
+/// The error of requests whose batch's transaction an error ended (SQLite rolls a
+/// transaction back by itself on, e.g., a full disk or an I/O error).
+fn batch_lost() -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+        Some("an error rolled back the transaction of this request's batch".to_owned()),
+    )
+}
+
 fn clone_error(e: &rusqlite::Error) -> rusqlite::Error {
     match e {
         rusqlite::Error::SqliteFailure(code, msg) => {
@@ -680,8 +691,26 @@ fn run(conn: Connection, rx: std_mpsc::Receiver<Option<Task>>) {
                 false
             }
         };
-        let finishers: Vec<Finish> = batch.into_iter().map(|task| task(&conn)).collect();
-        let commit = if in_tx {
+        // If a request's error ends the transaction (SQLite rolls it back by itself on a
+        // full disk, an I/O error, ...), the requests after it must not run outside it
+        // and be committed one by one while the batch is reported as failed: they are
+        // not run, and every request of the batch gets the error.
+        let mut lost = false;
+        let finishers: Vec<Finish> = batch
+            .into_iter()
+            .map(|task| {
+                if lost {
+                    return task(None);
+                }
+                let finish = task(Some(&conn));
+                lost = in_tx && conn.is_autocommit();
+                finish
+            })
+            .collect();
+        let commit = if lost {
+            warn!("an error rolled back a batch of index requests");
+            Some(batch_lost())
+        } else if in_tx {
             conn.execute_batch("COMMIT").err()
         } else {
             None

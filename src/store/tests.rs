@@ -1319,3 +1319,54 @@ fn copy_failure_leaves_a_file_it_did_not_make() {
     assert_eq!(std::fs::read(&temp).unwrap(), b"someone else's");
     assert!(!target.exists());
 }
+
+/// When a request's error ends its batch's transaction (SQLite rolls back by itself on a
+/// full disk or an I/O error; here the request ends it itself), the requests after it
+/// are not run outside the transaction: every request of the batch gets an error and
+/// none of their writes stays.
+#[tokio::test]
+async fn a_lost_transaction_fails_its_whole_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::create(dir.path()).unwrap();
+    let (index, _) = Index::open(&layout, false).unwrap();
+    index
+        .call("table", |conn| {
+            conn.execute_batch("CREATE TABLE t (x INTEGER)")
+        })
+        .await
+        .unwrap();
+    // Hold the thread so that the three requests below are queued together.
+    let (entered_tx, entered) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let gate = index.submit("gate", move |_| {
+        let _ = entered_tx.send(());
+        let _ = release_rx.recv();
+        Ok(())
+    });
+    entered.await.unwrap();
+    let insert = |x: i64| {
+        index.submit("insert", move |conn| {
+            conn.execute("INSERT INTO t VALUES (?1)", [x]).map(|_| ())
+        })
+    };
+    let first = insert(1);
+    let lost = index.submit("end the transaction", |conn| conn.execute_batch("ROLLBACK"));
+    let after = insert(2);
+    release.send(()).unwrap();
+    gate.wait().await.unwrap();
+    for (what, result) in [
+        ("before", first.wait().await),
+        ("the one that ended it", lost.wait().await),
+        ("after", after.wait().await),
+    ] {
+        let err = result.expect_err(what);
+        assert!(err.to_string().contains("rolled back"), "{what}: {err}");
+    }
+    let rows: i64 = index
+        .call("count", |conn| {
+            conn.query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "no write of the batch stays");
+}
