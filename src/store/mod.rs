@@ -137,9 +137,9 @@ pub const REASON_CLOSED: &str = "store closed";
 /// crash recovery above, which would fail the other store's transfers, and the store
 /// hands out row ids and file names from memory, so it must be the index's only writer
 /// (other processes may read it). Opening takes an exclusive lock on `<root>/store.lock`
-/// (`flock`), held until the store and its last clone are dropped; a second open of the
-/// same root, in this process or another, fails with [`StoreError::Locked`]. The kernel
-/// releases the lock of a process that dies.
+/// (`flock`), held until [`Store::close`] or the drop of the store's last clone; a second
+/// open of the same root, in this process or another, fails with [`StoreError::Locked`].
+/// The kernel releases the lock of a process that dies.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
