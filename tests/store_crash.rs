@@ -266,44 +266,85 @@ async fn reopen_demotes_missing_or_resized_ready_files() {
     assert_eq!(c.status, ArtifactStatus::Ready, "{c:?}");
 }
 
+/// Two READY artifacts of job 1, `good` and `bad`, downloaded into a store at `root`
+/// (opened with `open`, then closed); then `bad`'s file is rewritten in place with
+/// other bytes of the same size, as if while the store was closed.
+struct Rewritten {
+    _server: TestServer,
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    good: Vec<u8>,
+    good_path: artifact_coordinator::ArtifactPath,
+    bad_path: artifact_coordinator::ArtifactPath,
+}
+
+impl Rewritten {
+    async fn new(open: impl Fn() -> artifact_coordinator::StoreBuilder, seed: u64) -> Rewritten {
+        let server = TestServer::start().await;
+        let good = body(4000, seed);
+        server.serve("/good", Resource::new(good.clone()));
+        server.serve("/bad", Resource::new(body(4000, seed + 1)));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        let store = open().open(&root).await.expect("open");
+        let (tx, mut statuses) = Statuses::channel();
+        let good_path = store
+            .push_artifact(image(1, "good", &server.url("/good")), tx.clone())
+            .await
+            .expect("push");
+        let bad_path = store
+            .push_artifact(image(1, "bad", &server.url("/bad")), tx)
+            .await
+            .expect("push");
+        for path in [&good_path, &bad_path] {
+            assert_eq!(statuses.terminal(path).await.status, ArtifactStatus::Ready);
+        }
+        store.close().await;
+        std::fs::write(bad_path.as_path(), body(4000, seed + 2)).expect("rewrite");
+        Rewritten {
+            _server: server,
+            _dir: dir,
+            root,
+            good,
+            good_path,
+            bad_path,
+        }
+    }
+
+    /// The intact file is still READY after the reopen, with its content.
+    async fn assert_good_stays(&self, store: &Store, what: &str) {
+        let good_row = store
+            .info(&self.good_path)
+            .await
+            .expect("info")
+            .expect("row");
+        assert_eq!(
+            good_row.status,
+            ArtifactStatus::Ready,
+            "{what}: {good_row:?}"
+        );
+        assert_eq!(
+            sha256_file(self.good_path.as_path()),
+            sha256_hex(&self.good)
+        );
+    }
+}
+
 /// With `verify_on_open(true)`, a READY file whose content changed (same size) while the
 /// store was closed is re-hashed at open: its row is no longer READY and the file is gone;
 /// an intact file stays READY.
 #[tokio::test]
 async fn verify_on_open_catches_corrupted_ready_files() {
-    let server = TestServer::start().await;
-    let good = body(4000, 7);
-    server.serve("/good", Resource::new(good.clone()));
-    server.serve("/bad", Resource::new(body(4000, 8)));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path().join("root");
-    let (good_path, bad_path) = {
-        let store = fast_builder().open(&root).await.expect("open");
-        let (tx, mut statuses) = Statuses::channel();
-        let g = store
-            .push_artifact(image(1, "good", &server.url("/good")), tx.clone())
-            .await
-            .expect("push");
-        let b = store
-            .push_artifact(image(1, "bad", &server.url("/bad")), tx)
-            .await
-            .expect("push");
-        assert_eq!(statuses.terminal(&g).await.status, ArtifactStatus::Ready);
-        assert_eq!(statuses.terminal(&b).await.status, ArtifactStatus::Ready);
-        (g, b)
-    };
-    std::fs::write(bad_path.as_path(), body(4000, 9)).expect("corrupt");
+    let fx = Rewritten::new(fast_builder, 7).await;
     let store = fast_builder()
         .verify_on_open(true)
-        .open(&root)
+        .open(&fx.root)
         .await
         .expect("reopen");
-    let bad = store.info(&bad_path).await.expect("info").expect("row");
+    let bad = store.info(&fx.bad_path).await.expect("info").expect("row");
     assert_ne!(bad.status, ArtifactStatus::Ready, "{bad:?}");
-    assert!(!bad_path.as_path().exists());
-    let good_row = store.info(&good_path).await.expect("info").expect("row");
-    assert_eq!(good_row.status, ArtifactStatus::Ready, "{good_row:?}");
-    assert_eq!(sha256_file(good_path.as_path()), sha256_hex(&good));
+    assert!(!fx.bad_path.as_path().exists());
+    fx.assert_good_stays(&store, "verify_on_open").await;
 }
 
 /// Without `verify_on_open`, a READY file whose content was rewritten (same size) while the
@@ -313,48 +354,13 @@ async fn verify_on_open_catches_corrupted_ready_files() {
 #[tokio::test]
 async fn rewritten_ready_files_are_caught_at_open() {
     for copy in [false, true] {
-        let server = TestServer::start().await;
-        let good = body(4000, 17);
-        server.serve("/good", Resource::new(good.clone()));
-        server.serve("/bad", Resource::new(body(4000, 18)));
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().join("root");
-        let (good_path, bad_path) = {
-            let store = fast_builder()
-                .copy_job_files(copy)
-                .open(&root)
-                .await
-                .expect("open");
-            let (tx, mut statuses) = Statuses::channel();
-            let g = store
-                .push_artifact(image(1, "good", &server.url("/good")), tx.clone())
-                .await
-                .expect("push");
-            let b = store
-                .push_artifact(image(1, "bad", &server.url("/bad")), tx)
-                .await
-                .expect("push");
-            assert_eq!(statuses.terminal(&g).await.status, ArtifactStatus::Ready);
-            assert_eq!(statuses.terminal(&b).await.status, ArtifactStatus::Ready);
-            store.close().await;
-            (g, b)
-        };
-        std::fs::write(bad_path.as_path(), body(4000, 19)).expect("rewrite");
-        let store = fast_builder()
-            .copy_job_files(copy)
-            .open(&root)
-            .await
-            .expect("reopen");
-        let bad = store.info(&bad_path).await.expect("info").expect("row");
+        let open = || fast_builder().copy_job_files(copy);
+        let fx = Rewritten::new(open, 17).await;
+        let store = open().open(&fx.root).await.expect("reopen");
+        let bad = store.info(&fx.bad_path).await.expect("info").expect("row");
         assert_eq!(bad.status, ArtifactStatus::Failed, "copy {copy}: {bad:?}");
         let reason = bad.error.unwrap_or_default();
         assert!(reason.contains("sha256 mismatch after restart"), "{reason}");
-        let good_row = store.info(&good_path).await.expect("info").expect("row");
-        assert_eq!(
-            good_row.status,
-            ArtifactStatus::Ready,
-            "copy {copy}: {good_row:?}"
-        );
-        assert_eq!(sha256_file(good_path.as_path()), sha256_hex(&good));
+        fx.assert_good_stays(&store, &format!("copy {copy}")).await;
     }
 }

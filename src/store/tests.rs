@@ -171,6 +171,31 @@ async fn until_terminal(
     }
 }
 
+/// Changes of `path` until it reports `status` (the others on `rx` are skipped).
+async fn wait_for_status(
+    rx: &mut mpsc::Receiver<ArtifactStatusChange>,
+    path: &ArtifactPath,
+    status: ArtifactStatus,
+) {
+    loop {
+        let change = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("a status in time")
+            .expect("collector open");
+        if change.path == *path && change.status == status {
+            return;
+        }
+    }
+}
+
+/// A reply that sends its headers, then nothing, forever.
+fn stalled() -> Reply {
+    Reply {
+        stall: true,
+        ..Reply::ok(&data(1000))
+    }
+}
+
 /// Temporary files left anywhere under the root.
 fn temp_files(root: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -562,11 +587,7 @@ async fn store_with_defaults(dir: &Path) -> Store {
 /// Cancelling a job stops a stalled transfer and a queued one, promptly, with "cancelled".
 #[tokio::test]
 async fn cancel_stops_running_and_queued() {
-    let stall = Reply {
-        stall: true,
-        ..Reply::ok(&data(1000))
-    };
-    let server = Server::start(vec![stall]).await;
+    let server = Server::start(vec![stalled()]).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::builder()
         .workers(1)
@@ -584,12 +605,7 @@ async fn cancel_stops_running_and_queued() {
         .await
         .unwrap();
     // Wait until the first one is running.
-    loop {
-        let c = rx.recv().await.unwrap();
-        if c.path == running && c.status == ArtifactStatus::Downloading {
-            break;
-        }
-    }
+    wait_for_status(&mut rx, &running, ArtifactStatus::Downloading).await;
     tokio::time::timeout(Duration::from_secs(5), store.cancel_job(JobId(9)))
         .await
         .expect("prompt")
@@ -617,11 +633,7 @@ async fn cancel_stops_running_and_queued() {
 /// A stall is an idle timeout (retried, then FAILED).
 #[tokio::test]
 async fn idle_timeout() {
-    let stall = Reply {
-        stall: true,
-        ..Reply::ok(&data(1000))
-    };
-    let server = Server::start(vec![stall]).await;
+    let server = Server::start(vec![stalled()]).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::builder()
         .idle_timeout(Duration::from_millis(100))
@@ -1208,11 +1220,7 @@ async fn untrusted_blob_is_dropped_only_while_it_is_the_bad_file() {
 /// downloads, while the transfer that holds the room goes on.
 #[tokio::test]
 async fn cancel_stops_a_push_waiting_for_room() {
-    let stall = Reply {
-        stall: true,
-        ..Reply::ok(&data(1000))
-    };
-    let server = Server::start(vec![stall]).await;
+    let server = Server::start(vec![stalled()]).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::builder()
         .workers(1)
@@ -1226,12 +1234,7 @@ async fn cancel_stops_a_push_waiting_for_room() {
         .push_artifact(image(1, "a", &server.url("a")), tx.clone())
         .await
         .unwrap();
-    loop {
-        let c = rx.recv().await.unwrap();
-        if c.path == running && c.status == ArtifactStatus::Downloading {
-            break;
-        }
-    }
+    wait_for_status(&mut rx, &running, ArtifactStatus::Downloading).await;
     let waiting = {
         let (store, tx, uri) = (store.clone(), tx.clone(), server.url("b"));
         tokio::spawn(async move { store.push(image(2, "b", &uri), tx).await })
