@@ -458,46 +458,22 @@ async fn thousand_jobs_reporting_before_push_returns() {
     many_jobs_at_once(Report::Eager(ArtifactStatus::Ready), 1000, 10).await;
 }
 
-/// A controller whose status call panics for job 1's first READY (as a mock does on an
-/// unexpected call), and otherwise behaves.
-struct PanickyController;
-
-#[artifact_coordinator::async_trait]
-impl artifact_coordinator::JobsController for PanickyController {
-    async fn set_status_and_info(
-        &self,
-        job: JobId,
-        _: artifact_coordinator::JobStatus,
-        info: String,
-    ) -> Result<(), artifact_coordinator::BoxError> {
-        if job == JobId(1) && info.starts_with("1 /") {
-            panic!("controller bug");
-        }
-        Ok(())
-    }
-    async fn get_config(
-        &self,
-        _: JobId,
-    ) -> Result<artifact_coordinator::Config, artifact_coordinator::BoxError> {
-        Ok(pushes_config(1))
-    }
-    async fn set_config(
-        &self,
-        _: JobId,
-        _: artifact_coordinator::Config,
-    ) -> Result<(), artifact_coordinator::BoxError> {
-        Ok(())
-    }
-}
-
 /// A panic in a status call that the actor polls in place fails that job only, as a panic
 /// in a planning or worker task does: the other job still gets its OK, nothing is left,
 /// and `shutdown` reports the panic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panic_in_a_status_call_fails_only_that_job() {
+    // Panics on job 1's first READY, as a mock does on an unexpected call.
+    let (controller, _calls) = FakeController::new(pushes_config(1));
+    let controller = controller.on_status(|job, info| {
+        let bug = job == JobId(1) && info.starts_with("1 /");
+        Box::pin(async move {
+            assert!(!bug, "controller bug");
+            Ok(())
+        })
+    });
     let manager = FakeManager::new(Report::Never);
-    let (downloader, mut notifications) =
-        Downloader::new(Arc::new(PanickyController), manager.clone());
+    let (downloader, mut notifications) = Downloader::new(Arc::new(controller), manager.clone());
     downloader.download(JobId(1)).await.unwrap();
     downloader.download(JobId(2)).await.unwrap();
     manager.report_all(JobId(1), ArtifactStatus::Ready).await;
@@ -636,47 +612,6 @@ async fn parked_change_is_dropped_while_later_jobs_plan() {
     eventually_empty(&downloader).await;
 }
 
-/// A controller whose first READY status call blocks the actor's thread until released
-/// (a controller doing blocking work), so that a test can queue work behind it. Job 2's
-/// config never comes.
-struct BlockingController {
-    entered: mpsc::UnboundedSender<()>,
-    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
-}
-
-#[artifact_coordinator::async_trait]
-impl artifact_coordinator::JobsController for BlockingController {
-    async fn set_status_and_info(
-        &self,
-        _: JobId,
-        _: artifact_coordinator::JobStatus,
-        info: String,
-    ) -> Result<(), artifact_coordinator::BoxError> {
-        if info.starts_with("1 /") {
-            let _ = self.entered.send(());
-            let release = self.release.lock().map_err(|_| "poisoned")?;
-            release.recv()?;
-        }
-        Ok(())
-    }
-    async fn get_config(
-        &self,
-        job: JobId,
-    ) -> Result<artifact_coordinator::Config, artifact_coordinator::BoxError> {
-        if job == JobId(2) {
-            std::future::pending::<()>().await;
-        }
-        Ok(pushes_config(1))
-    }
-    async fn set_config(
-        &self,
-        _: JobId,
-        _: artifact_coordinator::Config,
-    ) -> Result<(), artifact_coordinator::BoxError> {
-        Ok(())
-    }
-}
-
 /// Fix (fairness): a command waits for at most one batch of status changes, however many
 /// are queued: `stats` sent while 200,000 changes wait on the collector is answered
 /// before them, and `cancel` of a planning job (which waits for its task to be reaped)
@@ -685,12 +620,30 @@ impl artifact_coordinator::JobsController for BlockingController {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_status_changes_do_not_hold_up_commands() {
     const QUEUED: u64 = 200_000;
+    // The first READY's status call blocks the actor's thread until released (a
+    // controller doing blocking work), so that work queues behind it; job 2's config
+    // never comes (its gate is never opened).
     let (entered_tx, mut entered) = mpsc::unbounded_channel();
-    let (release, release_rx) = std::sync::mpsc::channel();
-    let controller = BlockingController {
-        entered: entered_tx,
-        release: std::sync::Mutex::new(release_rx),
-    };
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+    let (controller, _calls) = FakeController::new(pushes_config(1));
+    let controller = controller
+        .gate_config(JobId(2), Arc::new(Semaphore::new(0)))
+        .on_status(move |_, info| {
+            let (first, entered_tx, release_rx) = (
+                info.starts_with("1 /"),
+                entered_tx.clone(),
+                Arc::clone(&release_rx),
+            );
+            Box::pin(async move {
+                if first {
+                    let _ = entered_tx.send(());
+                    let release = release_rx.lock().map_err(|_| "poisoned")?;
+                    release.recv()?;
+                }
+                Ok(())
+            })
+        });
     let manager = FakeManager::new(Report::Never);
     let (downloader, mut notifications) = Downloader::builder()
         .collector_capacity(2 * QUEUED as usize)
@@ -743,52 +696,30 @@ async fn queued_status_changes_do_not_hold_up_commands() {
     assert_no_notification(&mut notifications);
 }
 
-/// A controller whose `"Failed to download artifact"` status call fails, at once or (with
-/// `later`) after it was first found pending (so a worker task carries it out).
-struct FailedStatusFails {
-    later: bool,
-}
-
-#[artifact_coordinator::async_trait]
-impl artifact_coordinator::JobsController for FailedStatusFails {
-    async fn set_status_and_info(
-        &self,
-        _: JobId,
-        _: artifact_coordinator::JobStatus,
-        info: String,
-    ) -> Result<(), artifact_coordinator::BoxError> {
-        if info == INFO_FAILED {
-            if self.later {
-                tokio::task::yield_now().await;
-            }
-            return Err("status store down".into());
-        }
-        Ok(())
-    }
-    async fn get_config(
-        &self,
-        _: JobId,
-    ) -> Result<artifact_coordinator::Config, artifact_coordinator::BoxError> {
-        Ok(pushes_config(2))
-    }
-    async fn set_config(
-        &self,
-        _: JobId,
-        _: artifact_coordinator::Config,
-    ) -> Result<(), artifact_coordinator::BoxError> {
-        Ok(())
-    }
-}
-
 /// Fix (FAIL message): when the status call of a FAILED artifact fails too, the FAIL
 /// names both: why the artifact failed and why the status call did, whether the call
 /// failed at once or in the job's worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_message_keeps_the_download_failure_when_the_status_call_fails() {
     for later in [false, true] {
+        // The "Failed to download artifact" call fails, at once or (`later`) after it was
+        // first found pending, so that the job's worker carries it out.
+        let (controller, _calls) = FakeController::new(pushes_config(2));
+        let controller = controller.on_status(move |_, info| {
+            let fails = info == INFO_FAILED;
+            Box::pin(async move {
+                if fails {
+                    if later {
+                        tokio::task::yield_now().await;
+                    }
+                    return Err("status store down".into());
+                }
+                Ok(())
+            })
+        });
         let manager = FakeManager::new(Report::Never);
         let (downloader, mut notifications) =
-            Downloader::new(Arc::new(FailedStatusFails { later }), manager.clone());
+            Downloader::new(Arc::new(controller), manager.clone());
         downloader.download(JobId(1)).await.unwrap();
         let path = manager.paths(JobId(1))[0].clone();
         manager

@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -205,8 +207,15 @@ pub async fn eventually_empty(downloader: &Downloader) -> Stats {
     wait_stats(downloader, "the downloader to hold nothing", is_idle).await
 }
 
+/// What a test makes a status call do once it is recorded: given the job and the info,
+/// the future the call then awaits (to fail, panic, block or yield).
+pub type StatusHook = Box<
+    dyn Fn(JobId, &str) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> + Send + Sync,
+>;
+
 /// A hand-written [`JobsController`]: the same config for every job, every status call
-/// recorded (on entry) on a channel, optionally slow or gated for one job.
+/// recorded (on entry) on a channel, optionally slow or gated for one job, or doing what
+/// a test's [`StatusHook`] says.
 pub struct FakeController {
     config: Config,
     calls: mpsc::UnboundedSender<(JobId, String)>,
@@ -214,6 +223,7 @@ pub struct FakeController {
     slow: Option<(JobId, Duration)>,
     gates: Vec<(JobId, Arc<Semaphore>)>,
     config_fails: Option<Box<dyn Fn(JobId) -> bool + Send + Sync>>,
+    on_status: Option<StatusHook>,
 }
 
 impl FakeController {
@@ -228,6 +238,7 @@ impl FakeController {
             slow: None,
             gates: Vec::new(),
             config_fails: None,
+            on_status: None,
         };
         (controller, rx)
     }
@@ -248,6 +259,18 @@ impl FakeController {
     /// `get_config` fails ("no such job") for the jobs `fails` selects.
     pub fn fail_config(mut self, fails: impl Fn(JobId) -> bool + Send + Sync + 'static) -> Self {
         self.config_fails = Some(Box::new(fails));
+        self
+    }
+
+    /// Every status call, once recorded, awaits what `hook` returns for it.
+    pub fn on_status(
+        mut self,
+        hook: impl Fn(JobId, &str) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.on_status = Some(Box::new(hook));
         self
     }
 
@@ -274,9 +297,13 @@ impl JobsController for FakeController {
         info: String,
     ) -> Result<(), BoxError> {
         assert_eq!(status, JobStatus::Downloading);
+        let hooked = self.on_status.as_ref().map(|hook| hook(job, &info));
         let _ = self.calls.send((job, info));
         self.delay(job).await;
-        Ok(())
+        match hooked {
+            Some(hooked) => hooked.await,
+            None => Ok(()),
+        }
     }
 
     async fn get_config(&self, job: JobId) -> Result<Config, BoxError> {
