@@ -1272,33 +1272,40 @@ impl Actor {
 
 /// `"<ready> / <total> artifacts ready"`, written into `buf` (cleared first) without the
 /// formatting machinery: this runs once per READY artifact, and `buf` is the change's own
-/// path string, so the info usually costs no allocation at all.
+/// path string, so the info usually costs no allocation at all. The text is put together
+/// back to front in a buffer on the stack, then copied into `buf` at once as bytes: a
+/// `String` would encode every character as UTF-8 on the way in, and checking the bytes
+/// afterwards would cost as much as writing them.
 fn ready_info(buf: String, ready: usize, total: usize) -> String {
-    let mut text = buf;
-    text.clear();
-    push_decimal(&mut text, ready);
-    text.push_str(" / ");
-    push_decimal(&mut text, total);
-    text.push_str(" artifacts ready");
-    text
+    const SEPARATOR: &[u8] = b" / ";
+    const SUFFIX: &[u8] = b" artifacts ready";
+    // Two numbers of at most 20 digits each, the separator and the suffix.
+    let mut text = [0u8; 2 * 20 + SEPARATOR.len() + SUFFIX.len()];
+    let mut start = text.len() - SUFFIX.len();
+    text[start..].copy_from_slice(SUFFIX);
+    start = put_decimal(&mut text[..start], total);
+    start -= SEPARATOR.len();
+    text[start..start + SEPARATOR.len()].copy_from_slice(SEPARATOR);
+    start = put_decimal(&mut text[..start], ready);
+    let mut bytes = buf.into_bytes();
+    bytes.clear();
+    bytes.extend_from_slice(&text[start..]);
+    // SAFETY: `text` holds ASCII digits and ASCII text from `start` on (all written
+    // above), so `bytes` is valid UTF-8.
+    unsafe { String::from_utf8_unchecked(bytes) }
 }
 
-/// Appends `n` in decimal (without the formatting machinery: this runs once per READY).
-fn push_decimal(text: &mut String, n: usize) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    let mut n = n;
+/// Writes `n` in decimal at the end of `out`; returns where it starts. `out` has room for
+/// the 20 digits of the largest `usize`.
+fn put_decimal(out: &mut [u8], mut n: usize) -> usize {
+    let mut start = out.len();
     loop {
         start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
+        out[start] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
-            break;
+            return start;
         }
-    }
-    text.reserve(digits.len() - start);
-    for &digit in &digits[start..] {
-        text.push(char::from(digit));
     }
 }
 
