@@ -3,9 +3,13 @@
 # DownloaderImpl) and our Downloader actor (cargo bench --bench downloader, criterion and
 # the scaling run skipped), same shape (1,000 jobs x 100 artifacts), in the same session.
 # Both are built first; then rounds alternate Go, Rust, Go, Rust, ... one run each, so
-# that load from other processes hits both alike. Prints every run's line, then one final
-# line with both medians and the ratio rust/go:
+# that load from other processes hits both alike. Each Rust run is two runs: the twin of
+# the Go anchor (a no-op controller whose updates are made at once, as Go's
+# SetStatusAndInfo is a plain call; `rust-actor`) and the same with a controller that has
+# only the async set_status_and_info (`rust-actor-async`). Prints every run's line, then
+# one final line with the medians and the ratios to Go:
 #   coordinator-vs-go runs=N go_changes_per_s=... rust_changes_per_s=... ratio_rust_go=...
+#     rust_async_changes_per_s=... ratio_rust_async_go=...
 # Usage (from the repository root): bash benches/coordinator_vs_go.sh [runs]  (default 15)
 set -eu
 cd "$(dirname "$0")/.."
@@ -33,14 +37,16 @@ echo "# $(go version), $(rustc --version), $(nproc) cores, $runs alternating run
 
 for _ in $(seq "$runs"); do
   "$tmp/weles_core" | tee -a "$tmp/go"
-  BENCH_RUNS=1 BENCH_SKIP_SCALING=1 BENCH_SKIP_CRITERION=1 "$rust_bin" --bench |
-    grep '^rust-actor changes_per_s=' | tee -a "$tmp/rust"
+  BENCH_RUNS=1 BENCH_SKIP_SCALING=1 BENCH_SKIP_CRITERION=1 "$rust_bin" --bench >"$tmp/run"
+  grep '^rust-actor changes_per_s=' "$tmp/run" | tee -a "$tmp/rust"
+  grep '^rust-actor-async changes_per_s=' "$tmp/run" | tee -a "$tmp/rust_async"
 done
 
 # The changes_per_s values of a file's lines, sorted.
 rates() { grep -o ' changes_per_s=[0-9.]*' "$1" | cut -d= -f2 | sort -n; }
 med() { rates "$1" | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 spread() { rates "$1" | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.0f..%.0f", lo, hi }'; }
-go_med=$(med "$tmp/go"); rust_med=$(med "$tmp/rust")
-awk -v runs="$runs" -v g="$go_med" -v r="$rust_med" -v gs="$(spread "$tmp/go")" -v rs="$(spread "$tmp/rust")" 'BEGIN {
-  printf "coordinator-vs-go runs=%d go_changes_per_s=%.0f rust_changes_per_s=%.0f ratio_rust_go=%.2f go_range=%s rust_range=%s\n", runs, g, r, r / g, gs, rs }'
+go_med=$(med "$tmp/go"); rust_med=$(med "$tmp/rust"); async_med=$(med "$tmp/rust_async")
+awk -v runs="$runs" -v g="$go_med" -v r="$rust_med" -v a="$async_med" -v gs="$(spread "$tmp/go")" \
+  -v rs="$(spread "$tmp/rust")" -v as="$(spread "$tmp/rust_async")" 'BEGIN {
+  printf "coordinator-vs-go runs=%d go_changes_per_s=%.0f rust_changes_per_s=%.0f ratio_rust_go=%.2f rust_async_changes_per_s=%.0f ratio_rust_async_go=%.2f go_range=%s rust_range=%s rust_async_range=%s\n", runs, g, r, r / g, a, a / g, gs, rs, as }'

@@ -9,12 +9,19 @@
 //!   starts, as Go makes its paths before timing and then sends a string header without a
 //!   copy; the actor owns and frees each change it receives, which is timed;
 //! - the producer sends each change with `send().await` on the collector channel (Go: one
-//!   goroutine, `collector <- change`); the controller's status call does nothing;
+//!   goroutine, `collector <- change`);
+//! - the controller's status update does nothing and is made at once, through
+//!   `JobsController::try_set_status_and_info`, as Go's `SetStatusAndInfo` is a plain
+//!   method call. Each run is also repeated with a controller that implements only the
+//!   async `set_status_and_info` (the trait's default for the other), printed as
+//!   `rust-actor-async`: every READY then costs a boxed future;
 //! - every run, the notification reader included, is a task on a 2-worker runtime (Go:
 //!   goroutines with `GOMAXPROCS=2`); `block_on`'s thread would be a third thread;
 //! - `changes_per_s` = changes / feed seconds, first send to last OK, like Go's.
 //!
-//! Prints one line per run and a median line in the Go harness's format, then a scaling
+//! Prints one line per run and a median line in the Go harness's format (for both
+//! controllers, alternating, so that noise from other processes hits both alike), then a
+//! scaling
 //! line (10,000 against 100,000 artifacts, see [`scaling`]), then runs the Go-twin
 //! measurement under criterion.
 //!
@@ -30,8 +37,8 @@ use std::time::{Duration, Instant};
 
 use artifact_coordinator::{
     ArtifactDescription, ArtifactManager, ArtifactPath, ArtifactStatus, ArtifactStatusChange,
-    BoxError, Config, Downloader, JobId, JobStatus, JobsController, Push, Test, TestAction,
-    TestCase, async_trait,
+    BoxError, Config, Downloader, JobId, JobStatus, JobsController, Push, StatusNow, Test,
+    TestAction, TestCase, async_trait,
 };
 use criterion::{Criterion, Throughput};
 use tokio::sync::mpsc;
@@ -40,9 +47,12 @@ use tokio::sync::mpsc;
 mod common;
 use common::{PerfControl, median, peak_rss_mib};
 
-/// A controller that does nothing, with a config of `artifacts` pushes.
+/// A controller that does nothing, with a config of `artifacts` pushes. With `immediate`,
+/// its status updates are made at once (`try_set_status_and_info`); without, only the
+/// async `set_status_and_info` is implemented.
 struct NoopController {
     config: Config,
+    immediate: bool,
 }
 
 #[async_trait]
@@ -55,6 +65,13 @@ impl JobsController for NoopController {
     }
     async fn set_config(&self, _: JobId, _: Config) -> Result<(), BoxError> {
         Ok(())
+    }
+    fn try_set_status_and_info(&self, _: JobId, _: JobStatus, info: String) -> StatusNow {
+        if self.immediate {
+            StatusNow::Done(Ok(()))
+        } else {
+            StatusNow::Later(info)
+        }
     }
 }
 
@@ -109,10 +126,16 @@ fn config(artifacts: usize) -> Config {
 }
 
 /// One run: returns (register seconds, feed seconds).
-async fn run_once(jobs: usize, artifacts: usize, mut perf: PerfControl) -> (f64, f64, PerfControl) {
+async fn run_once(
+    jobs: usize,
+    artifacts: usize,
+    immediate: bool,
+    mut perf: PerfControl,
+) -> (f64, f64, PerfControl) {
     let manager = Arc::new(FakeManager::default());
     let controller = Arc::new(NoopController {
         config: config(artifacts),
+        immediate,
     });
     let (downloader, mut notifications) = Downloader::new(controller, manager.clone());
 
@@ -186,11 +209,12 @@ fn measure(
     rt: &tokio::runtime::Runtime,
     jobs: usize,
     artifacts: usize,
+    immediate: bool,
     perf: &mut PerfControl,
 ) -> (f64, f64) {
     let control = std::mem::take(perf);
     let (register, feed, control) = rt.block_on(async move {
-        tokio::spawn(run_once(jobs, artifacts, control))
+        tokio::spawn(run_once(jobs, artifacts, immediate, control))
             .await
             .expect("bench task")
     });
@@ -228,10 +252,10 @@ fn scaling(rt: &tokio::runtime::Runtime, runs: usize, perf: &mut PerfControl) {
     let (small, large) = (100, 1000);
     let (mut t1, mut t2, mut f1, mut f2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs.max(1) {
-        let (register, feed) = measure(rt, small, ARTIFACTS, perf);
+        let (register, feed) = measure(rt, small, ARTIFACTS, true, perf);
         t1.push(register + feed);
         f1.push(feed);
-        let (register, feed) = measure(rt, large, ARTIFACTS, perf);
+        let (register, feed) = measure(rt, large, ARTIFACTS, true, perf);
         t2.push(register + feed);
         f2.push(feed);
     }
@@ -247,6 +271,27 @@ fn scaling(rt: &tokio::runtime::Runtime, runs: usize, perf: &mut PerfControl) {
     );
 }
 
+/// The runs of one controller kind.
+struct Series {
+    label: &'static str,
+    immediate: bool,
+    rates: Vec<f64>,
+    feeds: Vec<f64>,
+    regs: Vec<f64>,
+}
+
+impl Series {
+    fn new(label: &'static str, immediate: bool) -> Self {
+        Series {
+            label,
+            immediate,
+            rates: Vec::new(),
+            feeds: Vec::new(),
+            regs: Vec::new(),
+        }
+    }
+}
+
 fn main() {
     let runs = env("BENCH_RUNS", 15);
     let jobs = env("BENCH_JOBS", 1000);
@@ -255,29 +300,40 @@ fn main() {
     let rt = runtime();
     let mut perf = PerfControl::from_env();
 
-    let (mut rates, mut feeds, mut regs) = (Vec::new(), Vec::new(), Vec::new());
+    // The Go twin (updates made at once) and the async-only controller, alternating.
+    let mut series = [
+        Series::new("rust-actor", true),
+        Series::new("rust-actor-async", false),
+    ];
     for _ in 0..runs {
-        let (register, feed) = measure(&rt, jobs, artifacts, &mut perf);
+        for s in &mut series {
+            let (register, feed) = measure(&rt, jobs, artifacts, s.immediate, &mut perf);
+            println!(
+                "{} changes_per_s={:.0} jobs={jobs} artifacts={artifacts} feed_s={feed:.4} register_s={register:.4} wall_s={:.4} peak_rss_mib={:.1}",
+                s.label,
+                total / feed,
+                register + feed,
+                peak_rss_mib()
+            );
+            s.rates.push(total / feed);
+            s.feeds.push(feed);
+            s.regs.push(register);
+        }
+    }
+    for s in &mut series {
+        let (min, max) = s
+            .rates
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
         println!(
-            "rust-actor changes_per_s={:.0} jobs={jobs} artifacts={artifacts} feed_s={feed:.4} register_s={register:.4} wall_s={:.4} peak_rss_mib={:.1}",
-            total / feed,
-            register + feed,
+            "{} median runs={runs} jobs={jobs} artifacts={artifacts} changes_per_s={:.0} feed_s={:.4} register_s={:.4} peak_rss_mib={:.1} changes_per_s_min={min:.0} changes_per_s_max={max:.0}",
+            s.label,
+            median(&mut s.rates),
+            median(&mut s.feeds),
+            median(&mut s.regs),
             peak_rss_mib()
         );
-        rates.push(total / feed);
-        feeds.push(feed);
-        regs.push(register);
     }
-    let (min, max) = rates
-        .iter()
-        .fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
-    println!(
-        "rust-actor median runs={runs} jobs={jobs} artifacts={artifacts} changes_per_s={:.0} feed_s={:.4} register_s={:.4} peak_rss_mib={:.1} changes_per_s_min={min:.0} changes_per_s_max={max:.0}",
-        median(&mut rates),
-        median(&mut feeds),
-        median(&mut regs),
-        peak_rss_mib()
-    );
 
     if std::env::var_os("BENCH_SKIP_SCALING").is_none() {
         scaling(&rt, env("BENCH_SCALING_RUNS", 15), &mut perf);
@@ -298,7 +354,7 @@ fn main() {
             (0..iters)
                 .map(|_| {
                     Duration::from_secs_f64(
-                        measure(&rt, jobs, artifacts, &mut PerfControl::default()).1,
+                        measure(&rt, jobs, artifacts, true, &mut PerfControl::default()).1,
                     )
                 })
                 .sum()

@@ -114,7 +114,7 @@ pub use store::{
     Page, REASON_CANCELLED, REASON_CLOSED, REASON_INTERRUPTED, REASON_MISSING, Store, StoreBuilder,
     StoreError,
 };
-pub use traits::{ArtifactManager, JobsController};
+pub use traits::{ArtifactManager, JobsController, StatusNow};
 #[cfg(any(test, feature = "mock"))]
 pub use traits::{MockArtifactManager, MockJobsController};
 

@@ -55,7 +55,7 @@ use crate::model::{
     JobId, JobStatus, Notification, TestAction,
 };
 use crate::store::ByteProgress;
-use crate::traits::{ArtifactManager, JobsController};
+use crate::traits::{ArtifactManager, JobsController, StatusNow};
 
 mod call;
 mod paths;
@@ -1329,9 +1329,11 @@ enum CallFailed {
 }
 
 /// Makes one status call for the job, in order with its earlier calls: through the job's
-/// worker when it has one; otherwise polled once in place (a controller that answers at
-/// once costs no task), and moved to a new worker when it does not finish at once, with
-/// every later call of the job after it. `Err` is a call that failed at once (an error,
+/// worker when it has one; otherwise with `try_set_status_and_info` first (no future at
+/// all for a controller that makes the update at once), then, when that hands the info
+/// back, `set_status_and_info` polled once in place (a controller that answers at once
+/// costs no task) and moved to a new worker when it does not finish at once, with every
+/// later call of the job after it. `Err` is a call that failed at once (an error,
 /// or a panic of the controller, caught here as a task's panic is by the runtime); the
 /// caller answers the job with it.
 fn call_status(
@@ -1347,7 +1349,16 @@ fn call_status(
         let _ = worker.tx.send(WorkerCmd::Status(text));
         return Ok(());
     }
-    // Nothing the closure touches outlives a panic in it but `jobs`, which it only reads.
+    // A controller that can make the update at once does, without a future. Nothing the
+    // closures below touch outlives a panic in them but `jobs`, which they only read.
+    let now = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        jobs.try_set_status_and_info(job, JobStatus::Downloading, text)
+    }));
+    let text = match now.map_err(|payload| CallFailed::Panic(panic_message(payload)))? {
+        StatusNow::Done(Ok(())) => return Ok(()),
+        StatusNow::Done(Err(err)) => return Err(CallFailed::Error(status_failed(&err))),
+        StatusNow::Later(text) => text,
+    };
     let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut call = StatusCall::new(jobs, job, text);
         let poll = call.poll_once();
@@ -1448,10 +1459,20 @@ impl Plan {
     async fn process(&self) -> Result<(), PlanResult> {
         let job = self.job;
         self.check()?;
-        self.jobs
-            .set_status_and_info(job, JobStatus::Downloading, String::new())
-            .await
-            .map_err(|e| PlanResult::Failed(status_failed(&e)))?;
+        // The job's first update: nothing is before it, so it may be made at once.
+        let status =
+            match self
+                .jobs
+                .try_set_status_and_info(job, JobStatus::Downloading, String::new())
+            {
+                StatusNow::Done(result) => result,
+                StatusNow::Later(info) => {
+                    self.jobs
+                        .set_status_and_info(job, JobStatus::Downloading, info)
+                        .await
+                }
+            };
+        status.map_err(|e| PlanResult::Failed(status_failed(&e)))?;
         self.check()?;
         let mut config = self
             .jobs

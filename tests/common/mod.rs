@@ -13,7 +13,8 @@ use std::time::Duration;
 use artifact_coordinator::{
     ArtifactDescription, ArtifactManager, ArtifactPath, ArtifactStatus, ArtifactStatusChange,
     BoxError, ChecksumType, Config, Deploy, Downloader, ImageDefinition, JobId, JobStatus,
-    JobsController, Notification, Pull, Push, Stats, Test, TestAction, TestCase, async_trait,
+    JobsController, Notification, Pull, Push, Stats, StatusNow, Test, TestAction, TestCase,
+    async_trait,
 };
 use tokio::sync::{Semaphore, mpsc};
 
@@ -213,6 +214,20 @@ pub type StatusHook = Box<
     dyn Fn(JobId, &str) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> + Send + Sync,
 >;
 
+/// What a test makes `try_set_status_and_info` do: given the job and the info, `None` to
+/// hand the update back (it is then made with `set_status_and_info`), or the result of an
+/// update made at once. It may panic.
+pub type NowHook = Box<dyn Fn(JobId, &str) -> Option<Result<(), BoxError>> + Send + Sync>;
+
+/// How a status update reached a [`FakeController`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// `try_set_status_and_info` made it at once.
+    Now,
+    /// `set_status_and_info`.
+    Async,
+}
+
 /// A hand-written [`JobsController`]: the same config for every job, every status call
 /// recorded (on entry) on a channel, optionally slow or gated for one job, or doing what
 /// a test's [`StatusHook`] says.
@@ -224,6 +239,8 @@ pub struct FakeController {
     gates: Vec<(JobId, Arc<Semaphore>)>,
     config_fails: Option<Box<dyn Fn(JobId) -> bool + Send + Sync>>,
     on_status: Option<StatusHook>,
+    now: Option<NowHook>,
+    via: Mutex<Vec<(JobId, String, Via)>>,
 }
 
 impl FakeController {
@@ -239,6 +256,8 @@ impl FakeController {
             gates: Vec::new(),
             config_fails: None,
             on_status: None,
+            now: None,
+            via: Mutex::new(Vec::new()),
         };
         (controller, rx)
     }
@@ -274,6 +293,21 @@ impl FakeController {
         self
     }
 
+    /// `try_set_status_and_info` does what `hook` says (without it, the default: every
+    /// update is handed back). An update made there is recorded on the channel too.
+    pub fn immediate(
+        mut self,
+        hook: impl Fn(JobId, &str) -> Option<Result<(), BoxError>> + Send + Sync + 'static,
+    ) -> Self {
+        self.now = Some(Box::new(hook));
+        self
+    }
+
+    /// Every status update made so far, with how it was made, in order.
+    pub fn updates(&self) -> Vec<(JobId, String, Via)> {
+        self.via.lock().unwrap().clone()
+    }
+
     /// The config saved for `job`, if any.
     pub fn saved(&self, job: JobId) -> Option<Config> {
         self.saved.lock().unwrap().get(&job).cloned()
@@ -298,6 +332,10 @@ impl JobsController for FakeController {
     ) -> Result<(), BoxError> {
         assert_eq!(status, JobStatus::Downloading);
         let hooked = self.on_status.as_ref().map(|hook| hook(job, &info));
+        self.via
+            .lock()
+            .unwrap()
+            .push((job, info.clone(), Via::Async));
         let _ = self.calls.send((job, info));
         self.delay(job).await;
         match hooked {
@@ -321,6 +359,16 @@ impl JobsController for FakeController {
         self.delay(job).await;
         self.saved.lock().unwrap().insert(job, config);
         Ok(())
+    }
+
+    fn try_set_status_and_info(&self, job: JobId, status: JobStatus, info: String) -> StatusNow {
+        let Some(result) = self.now.as_ref().and_then(|hook| hook(job, &info)) else {
+            return StatusNow::Later(info);
+        };
+        assert_eq!(status, JobStatus::Downloading);
+        self.via.lock().unwrap().push((job, info.clone(), Via::Now));
+        let _ = self.calls.send((job, info));
+        StatusNow::Done(result)
     }
 }
 
