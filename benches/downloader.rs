@@ -25,6 +25,9 @@
 //! line (10,000 against 100,000 artifacts, see [`scaling`]), then runs the Go-twin
 //! measurement under criterion.
 //!
+//! `benches/downloader_mimalloc.rs` runs the same with mimalloc as the global allocator
+//! (`-mimalloc` labels, no scaling run or criterion).
+//!
 //! Environment: `BENCH_RUNS`, `BENCH_JOBS`, `BENCH_ARTIFACTS` (defaults 15, 1000, 100),
 //! `BENCH_THREADS` (runtime workers, default 2 as `GOMAXPROCS=2` on this machine; 1 for a
 //! current-thread runtime), `BENCH_SCALING_RUNS` (default 15), `BENCH_SKIP_SCALING=1`,
@@ -273,7 +276,7 @@ fn scaling(rt: &tokio::runtime::Runtime, runs: usize, perf: &mut PerfControl) {
 
 /// The runs of one controller kind.
 struct Series {
-    label: &'static str,
+    label: String,
     immediate: bool,
     rates: Vec<f64>,
     feeds: Vec<f64>,
@@ -281,7 +284,7 @@ struct Series {
 }
 
 impl Series {
-    fn new(label: &'static str, immediate: bool) -> Self {
+    fn new(label: String, immediate: bool) -> Self {
         Series {
             label,
             immediate,
@@ -292,7 +295,15 @@ impl Series {
     }
 }
 
+// Unused when `benches/downloader_mimalloc.rs` includes this file.
+#[allow(dead_code)]
 fn main() {
+    run("", true);
+}
+
+/// The whole bench; `suffix` is appended to the series' labels, and `extras` adds the
+/// scaling run and criterion (each still skippable through the environment).
+pub fn run(suffix: &str, extras: bool) {
     let runs = env("BENCH_RUNS", 15);
     let jobs = env("BENCH_JOBS", 1000);
     let artifacts = env("BENCH_ARTIFACTS", 100);
@@ -302,8 +313,8 @@ fn main() {
 
     // The Go twin (updates made at once) and the async-only controller, alternating.
     let mut series = [
-        Series::new("rust-actor", true),
-        Series::new("rust-actor-async", false),
+        Series::new(format!("rust-actor{suffix}"), true),
+        Series::new(format!("rust-actor-async{suffix}"), false),
     ];
     for _ in 0..runs {
         for s in &mut series {
@@ -335,6 +346,9 @@ fn main() {
         );
     }
 
+    if !extras {
+        return;
+    }
     if std::env::var_os("BENCH_SKIP_SCALING").is_none() {
         scaling(&rt, env("BENCH_SCALING_RUNS", 15), &mut perf);
     }
