@@ -72,7 +72,9 @@
 //!
 //! - `model`: the job config (Weles-shaped JSON), identifiers, statuses and messages.
 //! - `traits`: the collaborator traits [`JobsController`] and [`ArtifactManager`], with
-//!   their contracts (and mockall mocks behind the `mock` feature).
+//!   their contracts (and mockall mocks behind the `mock` feature); [`StatusNow`], for a
+//!   controller that makes status updates at once
+//!   ([`JobsController::try_set_status_and_info`]).
 //! - `downloader`: the [`Downloader`] handle and its actor: path-to-job map, per-job
 //!   progress, status reports and the OK/FAIL answer.
 //! - `store`: the [`Store`], the real [`ArtifactManager`]: files under one root, an
