@@ -21,9 +21,8 @@
 //!
 //! Prints one line per run and a median line in the Go harness's format (for both
 //! controllers, alternating, so that noise from other processes hits both alike), then a
-//! scaling
-//! line (10,000 against 100,000 artifacts, see [`scaling`]), then runs the Go-twin
-//! measurement under criterion.
+//! scaling line (10,000 against 100,000 artifacts, see [`scaling`]), then runs the
+//! Go-twin measurement under criterion.
 //!
 //! `benches/downloader_mimalloc.rs` runs the same with mimalloc as the global allocator
 //! (`-mimalloc` labels, no scaling run or criterion).
