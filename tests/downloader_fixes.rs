@@ -17,8 +17,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use common::{
-    FakeController, FakeManager, Report, assert_no_notification, eventually_empty, is_idle, next,
-    next_notification, pulls_only_config, pushes_config, seed_config, stats, wait_stats,
+    FakeController, FakeManager, Report, assert_no_notification, assert_ready_infos,
+    eventually_empty, expect_job_1_panicked_job_2_ok, is_idle, next, next_notification, ok,
+    pulls_only_config, pushes_config, ready_infos, seed_config, stats, wait_stats,
 };
 
 /// Every status call recorded so far.
@@ -58,27 +59,6 @@ async fn wait_call_where(
     }
 }
 
-/// Checks a job's status infos: `""`, then one `"i / registered artifacts ready"` per
-/// READY with i counting up, ending with `"n / n artifacts ready"`. (As in seed 000, the
-/// total is the number of artifacts registered so far: a READY that arrives while the
-/// config is still being processed shows a smaller total.)
-fn assert_ready_infos(infos: &[String], n: usize) {
-    assert_eq!(infos.len(), n + 1, "{infos:?}");
-    assert_eq!(infos[0], "", "{infos:?}");
-    for (i, info) in infos[1..].iter().enumerate() {
-        let (ready, rest) = info
-            .split_once(" / ")
-            .unwrap_or_else(|| panic!("bad info {info:?}"));
-        let total = rest
-            .strip_suffix(" artifacts ready")
-            .unwrap_or_else(|| panic!("bad info {info:?}"));
-        let (ready, total): (usize, usize) = (ready.parse().unwrap(), total.parse().unwrap());
-        assert_eq!(ready, i + 1, "{infos:?}");
-        assert!(ready <= total && total <= n, "{infos:?}");
-    }
-    assert_eq!(infos[n], format!("{n} / {n} artifacts ready"), "{infos:?}");
-}
-
 /// The infos of `job`'s calls, in order.
 fn infos_of(calls: &[(JobId, String)], job: JobId) -> Vec<String> {
     calls
@@ -86,21 +66,6 @@ fn infos_of(calls: &[(JobId, String)], job: JobId) -> Vec<String> {
         .filter(|(j, _)| *j == job)
         .map(|(_, info)| info.clone())
         .collect()
-}
-
-/// `""` then `"1 / n artifacts ready"` .. `"n / n artifacts ready"`.
-fn ready_infos(n: usize) -> Vec<String> {
-    std::iter::once(String::new())
-        .chain((1..=n).map(|i| format!("{i} / {n} artifacts ready")))
-        .collect()
-}
-
-fn ok(job: JobId) -> Notification {
-    Notification {
-        job,
-        ok: true,
-        msg: String::new(),
-    }
 }
 
 /// Fix: a manager that reports READY before `push_artifact` returns (e.g. from its
@@ -476,26 +441,8 @@ async fn panic_in_a_status_call_fails_only_that_job() {
     let (downloader, mut notifications) = Downloader::new(Arc::new(controller), manager.clone());
     downloader.download(JobId(1)).await.unwrap();
     downloader.download(JobId(2)).await.unwrap();
-    manager.report_all(JobId(1), ArtifactStatus::Ready).await;
-    manager.report_all(JobId(2), ArtifactStatus::Ready).await;
-    let mut got = vec![
-        next_notification(&mut notifications).await,
-        next_notification(&mut notifications).await,
-    ];
-    got.sort_by_key(|n| n.job);
-    assert_eq!(got[0].job, JobId(1));
-    assert!(!got[0].ok, "{got:?}");
-    assert_eq!(
-        got[0].msg,
-        "internal error: status call panicked: controller bug"
-    );
-    assert_eq!(got[1], ok(JobId(2)));
-    eventually_empty(&downloader).await;
-    assert_no_notification(&mut notifications);
-    match downloader.shutdown().await {
-        Err(DownloadError::Panicked { message }) => assert_eq!(message, "controller bug"),
-        other => panic!("shutdown should report the panic, got {other:?}"),
-    }
+    expect_job_1_panicked_job_2_ok(downloader, &mut notifications, &manager, "controller bug")
+        .await;
 }
 
 /// Job 9 is kept planning (its `get_config` waits on the returned gate), so that late

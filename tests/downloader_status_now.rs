@@ -11,45 +11,14 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use artifact_coordinator::{ArtifactStatus, DownloadError, Downloader, JobId, Notification};
+use artifact_coordinator::{ArtifactStatus, Downloader, JobId};
 use tokio::sync::Semaphore;
 
 use common::{
-    FakeController, FakeManager, Report, Via, assert_no_notification, eventually_empty,
-    next_notification, pushes_config, wait_stats,
+    FakeController, FakeManager, Report, Via, assert_no_notification, assert_ready_infos,
+    eventually_empty, expect_job_1_panicked_job_2_ok, next_notification, ok, pushes_config,
+    ready_infos, wait_stats,
 };
-
-fn ok(job: JobId) -> Notification {
-    Notification {
-        job,
-        ok: true,
-        msg: String::new(),
-    }
-}
-
-/// `""` then `"1 / n artifacts ready"` .. `"n / n artifacts ready"`.
-fn ready_infos(n: usize) -> Vec<String> {
-    std::iter::once(String::new())
-        .chain((1..=n).map(|i| format!("{i} / {n} artifacts ready")))
-        .collect()
-}
-
-/// Checks a job's infos: `""`, then `"i / t artifacts ready"` with i counting up to n and
-/// ending at `"n / n"` (t is the number of artifacts registered when the READY came, as in
-/// seed 000, so it may be below n while the job's config is still being processed).
-fn assert_ready_counts(infos: &[String], n: usize) {
-    assert_eq!(infos.len(), n + 1, "{infos:?}");
-    assert_eq!(infos[0], "", "{infos:?}");
-    for (i, info) in infos[1..].iter().enumerate() {
-        let (ready, total) = info
-            .strip_suffix(" artifacts ready")
-            .and_then(|rest| rest.split_once(" / "))
-            .unwrap_or_else(|| panic!("bad info {info:?}"));
-        assert_eq!(ready.parse::<usize>().unwrap(), i + 1, "{infos:?}");
-        assert!(total.parse::<usize>().unwrap() <= n, "{infos:?}");
-    }
-    assert_eq!(infos[n], format!("{n} / {n} artifacts ready"), "{infos:?}");
-}
 
 /// The updates of `job`: infos and how each was made.
 fn updates_of(controller: &FakeController, job: JobId) -> Vec<(String, Via)> {
@@ -87,7 +56,7 @@ async fn every_update_is_made_at_once_when_the_controller_can() {
             "{updates:?}"
         );
         let infos: Vec<String> = updates.into_iter().map(|(info, _)| info).collect();
-        assert_ready_counts(&infos, 5);
+        assert_ready_infos(&infos, 5);
     }
     eventually_empty(&downloader).await;
     assert_no_notification(&mut notifications);
@@ -213,28 +182,8 @@ async fn a_panic_in_an_update_made_at_once_fails_only_that_job() {
         !failed.ok && failed.msg.contains("first update bug"),
         "{failed:?}"
     );
-    manager.report_all(JobId(1), ArtifactStatus::Ready).await;
-    manager.report_all(JobId(2), ArtifactStatus::Ready).await;
-    let mut got = vec![
-        next_notification(&mut notifications).await,
-        next_notification(&mut notifications).await,
-    ];
-    got.sort_by_key(|n| n.job);
-    assert_eq!(got[0].job, JobId(1));
-    assert!(!got[0].ok, "{got:?}");
-    assert_eq!(
-        got[0].msg,
-        "internal error: status call panicked: controller bug"
-    );
-    assert_eq!(got[1], ok(JobId(2)));
-    eventually_empty(&downloader).await;
-    assert_no_notification(&mut notifications);
-    match downloader.shutdown().await {
-        Err(DownloadError::Panicked { message }) => {
-            assert!(message.contains("bug"), "{message}")
-        }
-        other => panic!("shutdown should report the panic, got {other:?}"),
-    }
+    expect_job_1_panicked_job_2_ok(downloader, &mut notifications, &manager, "first update bug")
+        .await;
 }
 
 /// Many jobs at once through a controller that makes every other update at once and
@@ -264,7 +213,7 @@ async fn mixed_updates_for_many_jobs_stay_in_order() {
             .into_iter()
             .map(|(info, _)| info)
             .collect();
-        assert_ready_counts(&infos, 10);
+        assert_ready_infos(&infos, 10);
     }
     eventually_empty(&downloader).await;
     assert_no_notification(&mut notifications);

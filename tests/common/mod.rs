@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use artifact_coordinator::{
     ArtifactDescription, ArtifactManager, ArtifactPath, ArtifactStatus, ArtifactStatusChange,
-    BoxError, ChecksumType, Config, Deploy, Downloader, ImageDefinition, JobId, JobStatus,
-    JobsController, Notification, Pull, Push, Stats, StatusNow, Test, TestAction, TestCase,
-    async_trait,
+    BoxError, ChecksumType, Config, Deploy, DownloadError, Downloader, ImageDefinition, JobId,
+    JobStatus, JobsController, Notification, Pull, Push, Stats, StatusNow, Test, TestAction,
+    TestCase, async_trait,
 };
 use tokio::sync::{Semaphore, mpsc};
 
@@ -369,6 +369,75 @@ impl JobsController for FakeController {
         self.via.lock().unwrap().push((job, info.clone(), Via::Now));
         let _ = self.calls.send((job, info));
         StatusNow::Done(result)
+    }
+}
+
+/// Reports every artifact of jobs 1 and 2 READY, then checks the outcome of a controller
+/// that panics in job 1's first READY update: job 1 FAIL with the panic's message, job 2
+/// OK, nothing left, and `shutdown` reporting the first panic of the run,
+/// `first_panic`.
+pub async fn expect_job_1_panicked_job_2_ok(
+    downloader: Downloader,
+    notifications: &mut mpsc::UnboundedReceiver<Notification>,
+    manager: &FakeManager,
+    first_panic: &str,
+) {
+    manager.report_all(JobId(1), ArtifactStatus::Ready).await;
+    manager.report_all(JobId(2), ArtifactStatus::Ready).await;
+    let mut got = vec![
+        next_notification(notifications).await,
+        next_notification(notifications).await,
+    ];
+    got.sort_by_key(|n| n.job);
+    assert_eq!(got[0].job, JobId(1));
+    assert!(!got[0].ok, "{got:?}");
+    assert_eq!(
+        got[0].msg,
+        "internal error: status call panicked: controller bug"
+    );
+    assert_eq!(got[1], ok(JobId(2)));
+    eventually_empty(&downloader).await;
+    assert_no_notification(notifications);
+    match downloader.shutdown().await {
+        Err(DownloadError::Panicked { message }) => assert_eq!(message, first_panic),
+        other => panic!("shutdown should report the panic, got {other:?}"),
+    }
+}
+
+/// Checks a job's status infos: `""`, then one `"i / registered artifacts ready"` per
+/// READY with i counting up, ending with `"n / n artifacts ready"`. (As in seed 000, the
+/// total is the number of artifacts registered so far: a READY that arrives while the
+/// config is still being processed shows a smaller total.)
+pub fn assert_ready_infos(infos: &[String], n: usize) {
+    assert_eq!(infos.len(), n + 1, "{infos:?}");
+    assert_eq!(infos[0], "", "{infos:?}");
+    for (i, info) in infos[1..].iter().enumerate() {
+        let (ready, rest) = info
+            .split_once(" / ")
+            .unwrap_or_else(|| panic!("bad info {info:?}"));
+        let total = rest
+            .strip_suffix(" artifacts ready")
+            .unwrap_or_else(|| panic!("bad info {info:?}"));
+        let (ready, total): (usize, usize) = (ready.parse().unwrap(), total.parse().unwrap());
+        assert_eq!(ready, i + 1, "{infos:?}");
+        assert!(ready <= total && total <= n, "{infos:?}");
+    }
+    assert_eq!(infos[n], format!("{n} / {n} artifacts ready"), "{infos:?}");
+}
+
+/// `""` then `"1 / n artifacts ready"` .. `"n / n artifacts ready"`.
+pub fn ready_infos(n: usize) -> Vec<String> {
+    std::iter::once(String::new())
+        .chain((1..=n).map(|i| format!("{i} / {n} artifacts ready")))
+        .collect()
+}
+
+/// The OK answer for `job`.
+pub fn ok(job: JobId) -> Notification {
+    Notification {
+        job,
+        ok: true,
+        msg: String::new(),
     }
 }
 
