@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use artifact_coordinator::{
     ArtifactManager, ArtifactPath, ArtifactStatus, BoxError, Config, Downloader, INFO_FAILED,
-    JobId, JobStatus, JobsController, Notification, Store, TestAction, async_trait,
+    JobId, JobStatus, JobsController, Notification, StatusNow, Store, TestAction, async_trait,
 };
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc;
@@ -49,6 +49,14 @@ struct Jobs {
     events: mpsc::UnboundedSender<StatusEvent>,
 }
 
+impl Jobs {
+    /// Hands a status update to [`run`]'s loop (an unbounded channel: never waits). The
+    /// loop only stops listening once every job is answered: a late update is moot.
+    fn forward(&self, job: JobId, info: String) {
+        let _ = self.events.send(StatusEvent { job, info });
+    }
+}
+
 #[async_trait]
 impl JobsController for Jobs {
     async fn set_status_and_info(
@@ -57,9 +65,15 @@ impl JobsController for Jobs {
         _status: JobStatus,
         info: String,
     ) -> Result<(), BoxError> {
-        // The loop only stops listening once every job is answered: a late event is moot.
-        let _ = self.events.send(StatusEvent { job, info });
+        self.forward(job, info);
         Ok(())
+    }
+
+    /// Forwarding never waits, so every update is made here, and the Downloader needs no
+    /// future for it.
+    fn try_set_status_and_info(&self, job: JobId, _status: JobStatus, info: String) -> StatusNow {
+        self.forward(job, info);
+        StatusNow::Done(Ok(()))
     }
 
     async fn get_config(&self, job: JobId) -> Result<Config, BoxError> {
