@@ -1,7 +1,7 @@
 //! Shared helpers for the Downloader's integration tests (`downloader_seed000.rs`,
-//! `downloader_fixes.rs`): seed 000's job config, waiting helpers (channels with a
-//! timeout, `stats()` polled with `yield_now`, never a sleep), and hand-written fake
-//! collaborators.
+//! `downloader_fixes.rs`, `downloader_status_now.rs`): seed 000's job config, waiting
+//! helpers (channels with a timeout, `stats()` polled with `yield_now`, never a sleep),
+//! checks of status infos and answers, and hand-written fake collaborators.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
