@@ -51,6 +51,24 @@ impl Reply {
         self.headers.push((name.into(), value.into()));
         self
     }
+    /// A 200 of `body` that offers ranges (`Accept-Ranges`, ETag `"v1"`) and breaks after
+    /// `cut` bytes.
+    fn broken(body: &[u8], cut: usize) -> Reply {
+        let mut reply = Reply::ok(body)
+            .header("Accept-Ranges", "bytes")
+            .header("ETag", "\"v1\"");
+        reply.cut = Some(cut);
+        reply
+    }
+    /// A `206 Partial Content` of `body`, announced with the Content-Range `range`.
+    fn partial(body: &[u8], range: &str) -> Reply {
+        Reply {
+            status: "206 Partial Content",
+            body: body.to_vec(),
+            ..Reply::default()
+        }
+        .header("Content-Range", range)
+    }
 }
 
 /// A server that answers each request with the next scripted reply (the last one repeats)
@@ -217,6 +235,43 @@ fn image(job: u64, alias: &str, uri: &str) -> ArtifactDescription {
     ArtifactDescription::new(JobId(job), ArtifactType::Image, alias, uri)
 }
 
+/// A transfer that holds a worker: `job`'s `"a"`, from a server whose every answer
+/// stalls, on a one-worker store (fsync off, then `configure`d), reported DOWNLOADING.
+struct StalledTransfer {
+    server: Server,
+    dir: tempfile::TempDir,
+    store: Store,
+    tx: mpsc::Sender<ArtifactStatusChange>,
+    rx: mpsc::Receiver<ArtifactStatusChange>,
+    running: ArtifactPath,
+}
+
+async fn stalled_transfer(
+    job: u64,
+    configure: impl FnOnce(StoreBuilder) -> StoreBuilder,
+) -> StalledTransfer {
+    let server = Server::start(vec![stalled()]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = configure(Store::builder().workers(1).fsync(false))
+        .open(dir.path())
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    let running = store
+        .push_artifact(image(job, "a", &server.url("a")), tx.clone())
+        .await
+        .unwrap();
+    wait_for_status(&mut rx, &running, ArtifactStatus::Downloading).await;
+    StalledTransfer {
+        server,
+        dir,
+        store,
+        tx,
+        rx,
+        running,
+    }
+}
+
 /// A plain download goes PENDING, DOWNLOADING, READY; the file and the row agree.
 #[tokio::test]
 async fn downloads_and_records() {
@@ -333,17 +388,9 @@ async fn truncated_body_never_becomes_ready() {
 /// The replies of a resumable transfer of the 300,000-byte `body`: the first breaks after
 /// 123,456 bytes (with `Accept-Ranges` and an ETag), the second is the `206` of the rest.
 fn broken_then_resumed(body: &[u8]) -> [Reply; 2] {
-    let mut first = Reply::ok(body)
-        .header("Accept-Ranges", "bytes")
-        .header("ETag", "\"v1\"");
-    first.cut = Some(123_456);
-    let rest = Reply {
-        status: "206 Partial Content",
-        body: body[123_456..].to_vec(),
-        ..Reply::default()
-    }
-    .header("Content-Range", "bytes 123456-299999/300000")
-    .header("ETag", "\"v1\"");
+    let first = Reply::broken(body, 123_456);
+    let rest =
+        Reply::partial(&body[123_456..], "bytes 123456-299999/300000").header("ETag", "\"v1\"");
     [first, rest]
 }
 
@@ -428,16 +475,8 @@ async fn named_temporary_files_work_too() {
 #[tokio::test]
 async fn bad_content_range_restarts() {
     let body = data(100_000);
-    let mut first = Reply::ok(&body)
-        .header("Accept-Ranges", "bytes")
-        .header("ETag", "\"v1\"");
-    first.cut = Some(40_000);
-    let wrong = Reply {
-        status: "206 Partial Content",
-        body: body[10_000..].to_vec(),
-        ..Reply::default()
-    }
-    .header("Content-Range", "bytes 10000-99999/100000");
+    let first = Reply::broken(&body, 40_000);
+    let wrong = Reply::partial(&body[10_000..], "bytes 10000-99999/100000");
     let server = Server::start(vec![first, wrong, Reply::ok(&body)]).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::builder()
@@ -587,25 +626,18 @@ async fn store_with_defaults(dir: &Path) -> Store {
 /// Cancelling a job stops a stalled transfer and a queued one, promptly, with "cancelled".
 #[tokio::test]
 async fn cancel_stops_running_and_queued() {
-    let server = Server::start(vec![stalled()]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::builder()
-        .workers(1)
-        .fsync(false)
-        .open(dir.path())
-        .await
-        .unwrap();
-    let (tx, mut rx) = mpsc::channel(16);
-    let running = store
-        .push_artifact(image(9, "a", &server.url("a")), tx.clone())
-        .await
-        .unwrap();
+    let StalledTransfer {
+        server,
+        dir,
+        store,
+        tx,
+        mut rx,
+        running,
+    } = stalled_transfer(9, |builder| builder).await;
     let queued = store
         .push_artifact(image(9, "b", &server.url("b")), tx)
         .await
         .unwrap();
-    // Wait until the first one is running.
-    wait_for_status(&mut rx, &running, ArtifactStatus::Downloading).await;
     tokio::time::timeout(Duration::from_secs(5), store.cancel_job(JobId(9)))
         .await
         .expect("prompt")
@@ -991,17 +1023,9 @@ async fn downloader_end_to_end() {
 async fn resume_restarts_when_the_file_changed() {
     let old = data(300_000);
     let new: Vec<u8> = data(200_000).iter().map(|b| b ^ 0x5a).collect();
-    let mut first = Reply::ok(&old)
-        .header("Accept-Ranges", "bytes")
-        .header("ETag", "\"v1\"");
-    first.cut = Some(123_456);
-    let rest = Reply {
-        status: "206 Partial Content",
-        body: new[123_456..].to_vec(),
-        ..Reply::default()
-    }
-    .header("Content-Range", "bytes 123456-199999/200000")
-    .header("ETag", "\"v2\"");
+    let first = Reply::broken(&old, 123_456);
+    let rest =
+        Reply::partial(&new[123_456..], "bytes 123456-199999/200000").header("ETag", "\"v2\"");
     let server = Server::start(vec![first, rest, Reply::ok(&new).header("ETag", "\"v2\"")]).await;
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path()).await;
@@ -1035,17 +1059,9 @@ async fn resume_restarts_when_the_file_changed() {
 #[tokio::test]
 async fn resume_restarts_when_the_length_changed() {
     let old = data(300_000);
-    let mut first = Reply::ok(&old)
-        .header("Accept-Ranges", "bytes")
-        .header("ETag", "\"v1\"");
-    first.cut = Some(100_000);
+    let first = Reply::broken(&old, 100_000);
     // No ETag on the 206 (allowed), but the file is now 250,000 bytes long.
-    let rest = Reply {
-        status: "206 Partial Content",
-        body: old[100_000..250_000].to_vec(),
-        ..Reply::default()
-    }
-    .header("Content-Range", "bytes 100000-249999/250000");
+    let rest = Reply::partial(&old[100_000..250_000], "bytes 100000-249999/250000");
     let server = Server::start(vec![first, rest, Reply::ok(&old).header("ETag", "\"v1\"")]).await;
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path()).await;
@@ -1115,15 +1131,7 @@ async fn not_modified_still_checks_the_checksum_file() {
 /// not an overflow: the artifact fails after its retries instead of hanging.
 #[tokio::test]
 async fn absurd_content_range_fails_the_artifact() {
-    let evil = Reply {
-        status: "206 Partial Content",
-        body: b"x".to_vec(),
-        ..Reply::default()
-    }
-    .header(
-        "Content-Range",
-        "bytes 0-18446744073709551615/18446744073709551615",
-    );
+    let evil = Reply::partial(b"x", "bytes 0-18446744073709551615/18446744073709551615");
     let server = Server::start(vec![evil.clone(), evil.clone(), evil]).await;
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path()).await;
@@ -1220,21 +1228,15 @@ async fn untrusted_blob_is_dropped_only_while_it_is_the_bad_file() {
 /// downloads, while the transfer that holds the room goes on.
 #[tokio::test]
 async fn cancel_stops_a_push_waiting_for_room() {
-    let server = Server::start(vec![stalled()]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::builder()
-        .workers(1)
-        .max_transfers(1)
-        .fsync(false)
-        .open(dir.path())
-        .await
-        .unwrap();
-    let (tx, mut rx) = mpsc::channel(16);
-    let running = store
-        .push_artifact(image(1, "a", &server.url("a")), tx.clone())
-        .await
-        .unwrap();
-    wait_for_status(&mut rx, &running, ArtifactStatus::Downloading).await;
+    // The root and the collector are kept until the end: the store works on both.
+    let StalledTransfer {
+        server,
+        dir: _dir,
+        store,
+        tx,
+        rx: _rx,
+        ..
+    } = stalled_transfer(1, |builder| builder.max_transfers(1)).await;
     let waiting = {
         let (store, tx, uri) = (store.clone(), tx.clone(), server.url("b"));
         tokio::spawn(async move { store.push(image(2, "b", &uri), tx).await })
