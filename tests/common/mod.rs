@@ -313,6 +313,12 @@ impl FakeController {
         self.saved.lock().unwrap().get(&job).cloned()
     }
 
+    /// Records a status update: in [`updates`](Self::updates), and on the channel.
+    fn record(&self, job: JobId, info: String, via: Via) {
+        self.via.lock().unwrap().push((job, info.clone(), via));
+        let _ = self.calls.send((job, info));
+    }
+
     async fn delay(&self, job: JobId) {
         if let Some((slow, delay)) = self.slow
             && slow == job
@@ -332,11 +338,7 @@ impl JobsController for FakeController {
     ) -> Result<(), BoxError> {
         assert_eq!(status, JobStatus::Downloading);
         let hooked = self.on_status.as_ref().map(|hook| hook(job, &info));
-        self.via
-            .lock()
-            .unwrap()
-            .push((job, info.clone(), Via::Async));
-        let _ = self.calls.send((job, info));
+        self.record(job, info, Via::Async);
         self.delay(job).await;
         match hooked {
             Some(hooked) => hooked.await,
@@ -366,8 +368,7 @@ impl JobsController for FakeController {
             return StatusNow::Later(info);
         };
         assert_eq!(status, JobStatus::Downloading);
-        self.via.lock().unwrap().push((job, info.clone(), Via::Now));
-        let _ = self.calls.send((job, info));
+        self.record(job, info, Via::Now);
         StatusNow::Done(result)
     }
 }
