@@ -235,6 +235,15 @@ fn image(job: u64, alias: &str, uri: &str) -> ArtifactDescription {
     ArtifactDescription::new(JobId(job), ArtifactType::Image, alias, uri)
 }
 
+/// How many rows the index holds for `job`.
+async fn rows_of_job(store: &Store, job: u64) -> u64 {
+    let filter = ArtifactFilter {
+        job: Some(JobId(job)),
+        ..ArtifactFilter::default()
+    };
+    store.list(filter, Page::default()).await.unwrap().total
+}
+
 /// A transfer that holds a worker: `job`'s `"a"`, from a server whose every answer
 /// stalls, on a one-worker store (fsync off, then `configure`d), reported DOWNLOADING.
 struct StalledTransfer {
@@ -1002,17 +1011,7 @@ async fn downloader_end_to_end() {
             .unwrap()
             .starts_with(&md5)
     );
-    let page = store
-        .list(
-            ArtifactFilter {
-                job: Some(JobId(5)),
-                ..ArtifactFilter::default()
-            },
-            Page::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(page.total, 5);
+    assert_eq!(rows_of_job(&store, 5).await, 5);
     assert!(temp_files(dir.path()).is_empty());
 }
 /// A resumed 206 of another version of the file (a server or proxy that ignores
@@ -1271,17 +1270,11 @@ async fn cancel_stops_a_push_waiting_for_room() {
         }
         other => panic!("expected Cancelled, got {other:?}"),
     }
-    let page = store
-        .list(
-            ArtifactFilter {
-                job: Some(JobId(2)),
-                ..ArtifactFilter::default()
-            },
-            Page::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(page.total, 0, "nothing recorded for the cancelled push");
+    assert_eq!(
+        rows_of_job(&store, 2).await,
+        0,
+        "nothing recorded for the cancelled push"
+    );
     assert_eq!(server.requests().len(), 1, "only the first transfer asked");
     store.cancel_job(JobId(1)).await.unwrap();
 }
