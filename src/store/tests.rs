@@ -235,6 +235,14 @@ fn image(job: u64, alias: &str, uri: &str) -> ArtifactDescription {
     ArtifactDescription::new(JobId(job), ArtifactType::Image, alias, uri)
 }
 
+/// A server whose every answer is an md5 checksum file that matches nothing.
+async fn wrong_md5_sums() -> Server {
+    Server::start(vec![Reply::ok(
+        b"00000000000000000000000000000000  boot.img\n",
+    )])
+    .await
+}
+
 /// How many rows the index holds for `job`.
 async fn rows_of_job(store: &Store, job: u64) -> u64 {
     let filter = ArtifactFilter {
@@ -517,10 +525,7 @@ async fn verifies_digests() {
     let md5 = hex::encode(md5::Md5::digest(&body));
     let server = Server::start(vec![Reply::ok(&body)]).await;
     let sums = Server::start(vec![Reply::ok(format!("{md5}  boot.img\n").as_bytes())]).await;
-    let bad_sums = Server::start(vec![Reply::ok(
-        b"00000000000000000000000000000000  boot.img\n",
-    )])
-    .await;
+    let bad_sums = wrong_md5_sums().await;
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path()).await;
 
@@ -1085,10 +1090,7 @@ async fn not_modified_still_checks_the_checksum_file() {
         Reply::status("304 Not Modified").header("ETag", "\"e1\""),
     ])
     .await;
-    let bad_sums = Server::start(vec![Reply::ok(
-        b"00000000000000000000000000000000  boot.img\n",
-    )])
-    .await;
+    let bad_sums = wrong_md5_sums().await;
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path()).await;
 
